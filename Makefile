@@ -1,0 +1,30 @@
+# Two commands on a fresh machine: `make train` and `make test` (both install first).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The CPU wheel of torch must be installed before anything that depends on torch.
+TORCH  ?= torch==2.13.0
+
+.PHONY: install data train test test-all clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+# Bundled default data + tokenizer (deterministic; our own generator).
+data: install
+	$(BIN)/python -m chunksft.data.bundled
+
+train: data
+	PATH="$(abspath $(BIN)):$$PATH" bash launch/train.sh
+
+test: data
+	$(BIN)/python -m pytest -q -x --timeout=900 tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info chunksft/data/bundled/generated

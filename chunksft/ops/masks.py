@@ -1,0 +1,75 @@
+"""Attention visibility of the chunk layouts, written once.
+
+Every kernel (C++, Triton) derives its tile tables from the same per-position block ids
+(`block_ids`) and is tested for equality against the dense mask built here.
+
+Blocks: the prompt of row b is block -1; response chunk k (positions
+`[prompt_len_b + k*C, prompt_len_b + (k+1)*C)`) is block k.
+
+Layouts (q may attend k):
+  * "bidirectional" (S = L): every key.
+  * "block_causal"  (S = L): keys of blocks <= block(q).
+  * "bd3"           (S = 2L; `[x_t ; x_0]`, x_t the noisy stream, x_0 the clean one):
+      - q in x_0 at block b: x_0 keys of blocks <= b;
+      - q in x_t at chunk i >= 0: x_0 keys of blocks < i and x_t keys of chunk i;
+      - q in x_t in the prompt: x_0 prompt keys (so its output equals the clean stream's).
+Keys at positions >= `seq_lens[b]` (right padding, per stream) are invisible in every layout.
+"""
+from __future__ import annotations
+
+import torch
+
+LAYOUTS = ("bd3", "block_causal", "bidirectional")
+
+
+def block_ids(prompt_lens: torch.Tensor, seq_len: int, chunk_size: int) -> torch.Tensor:
+    """Block id of every position: -1 in the prompt, k in response chunk k.  -> int64 [B, L]"""
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
+    pos = torch.arange(seq_len, device=prompt_lens.device)
+    rel = pos[None, :] - prompt_lens.to(torch.long)[:, None]
+    return torch.where(rel < 0, torch.full_like(rel, -1), torch.div(rel, chunk_size, rounding_mode="floor"))
+
+
+def visible(q_block: torch.Tensor, q_clean: torch.Tensor, k_block: torch.Tensor, k_clean: torch.Tensor,
+            layout: str) -> torch.Tensor:
+    """The visibility predicate on broadcastable block ids and stream flags (True = x_0 / clean).
+
+    This is the one definition of each layout; `chunk_attention_mask` evaluates it densely and
+    kernels evaluate it per tile.
+    """
+    if layout == "bidirectional":
+        return torch.ones(torch.broadcast_shapes(q_block.shape, k_block.shape), dtype=torch.bool,
+                          device=q_block.device)
+    if layout == "block_causal":
+        return k_block <= q_block
+    if layout == "bd3":
+        clean_query = q_clean & k_clean & (k_block <= q_block)
+        noisy_prompt = ~q_clean & k_clean & (q_block < 0) & (k_block < 0)
+        noisy_chunk = ~q_clean & ((k_clean & (k_block < q_block)) | (~k_clean & (k_block == q_block) & (q_block >= 0)))
+        return clean_query | noisy_prompt | noisy_chunk
+    raise ValueError(f"unknown attention layout {layout!r}; expected one of {LAYOUTS}")
+
+
+def chunk_attention_mask(prompt_lens: torch.Tensor, seq_len: int, *, chunk_size: int = 16, layout: str = "bd3",
+                         seq_lens: torch.Tensor | None = None) -> torch.Tensor:
+    """Dense visibility mask (True = q may attend k).
+
+    prompt_lens: int [B]; seq_len: L (tokens per stream); seq_lens: optional int [B] valid length per row.
+    Returns bool [B, S, S] with S = 2L for "bd3" (`[x_t ; x_0]`), S = L otherwise.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown attention layout {layout!r}; expected one of {LAYOUTS}")
+    blocks = block_ids(prompt_lens, seq_len, chunk_size)  # [B, L]
+    batch = blocks.shape[0]
+    valid = torch.ones(batch, seq_len, dtype=torch.bool, device=blocks.device)
+    if seq_lens is not None:
+        valid = torch.arange(seq_len, device=blocks.device)[None, :] < seq_lens.to(blocks.device)[:, None]
+    if layout == "bd3":
+        blocks = torch.cat([blocks, blocks], dim=1)
+        clean = torch.cat([torch.zeros_like(valid), torch.ones_like(valid)], dim=1)
+        valid = torch.cat([valid, valid], dim=1)
+    else:
+        clean = torch.ones_like(valid)
+    mask = visible(blocks[:, :, None], clean[:, :, None], blocks[:, None, :], clean[:, None, :], layout)
+    return mask & valid[:, None, :]
