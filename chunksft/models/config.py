@@ -1,0 +1,86 @@
+"""HybridConfig: a transformers backbone config plus the chunk-SFT / refinement-head settings."""
+from __future__ import annotations
+
+from transformers import AutoConfig, PreTrainedConfig
+
+# The tiny CPU default: a random Qwen3-style backbone (4 layers, d=256, GQA 4:2) sized for the
+# bundled tokenizer (vocab 512; pad 0, eos 1, mask 2, <answer> 3, </answer> 4).
+TINY_BACKBONE = dict(
+    model_type="qwen3",
+    vocab_size=512,
+    hidden_size=256,
+    intermediate_size=704,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=64,
+    max_position_embeddings=4096,
+    rope_theta=10000.0,
+    tie_word_embeddings=True,
+    pad_token_id=0,
+    eos_token_id=1,
+    bos_token_id=None,
+)
+
+
+class HybridConfig(PreTrainedConfig):
+    """Configuration of `HybridModel`.
+
+    backbone: a transformers config (or its dict) of a Llama / Qwen2 / Qwen3 decoder; default tiny.
+    chunk_size: C, tokens per "thought" chunk. mask_token_id: the diffusion mask token.
+    mask_probability: per-chunk Bernoulli rate of chunk_sft. diffusion_eps: eps of p = (1-eps)t + eps.
+    max_recursive_steps: K refinement steps. latent_steps: z updates per refinement step.
+    deep_supervision_weight / enable_deep_supervision: weight of the intermediate-step CE.
+    freeze_backbone: no gradient into the backbone (chunk_sft default). train_mask_embedding: learn
+    the mask token's input embedding even with a frozen backbone.
+    head_hidden_size / head_num_heads: width of the refinement head's core block.
+    confidence_threshold: inference halting threshold. backend: ops backend (auto|eager|cpp|triton).
+    """
+
+    model_type = "chunksft_hybrid"
+
+    def __init__(self, backbone=None, chunk_size: int = 16, mask_token_id: int = 2,
+                 answer_end_token_id: int | None = 4, mask_probability: float = 0.3, diffusion_eps: float = 1e-3,
+                 max_recursive_steps: int = 8, latent_steps: int = 2, deep_supervision_weight: float = 0.3,
+                 enable_deep_supervision: bool = True, freeze_backbone: bool = True,
+                 train_mask_embedding: bool = False, head_hidden_size: int = 256, head_num_heads: int = 4,
+                 confidence_threshold: float = 0.9, backend: str = "auto", **kwargs):
+        if backbone is None:
+            backbone = dict(TINY_BACKBONE)
+        if isinstance(backbone, PreTrainedConfig):
+            backbone = backbone.to_dict()
+        self.backbone = dict(backbone)
+        if chunk_size <= 0:
+            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}; e.g. chunk_size: 16")
+        for name, value in (("mask_probability", mask_probability), ("deep_supervision_weight", None),
+                            ("confidence_threshold", confidence_threshold)):
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {value}")
+        if max_recursive_steps < 1:
+            raise ValueError(f"max_recursive_steps must be >= 1, got {max_recursive_steps}")
+        if backend not in ("auto", "eager", "cpp", "triton"):
+            raise ValueError(f"backend must be auto, eager, cpp or triton, got {backend!r}")
+        self.chunk_size = chunk_size
+        self.mask_token_id = mask_token_id
+        self.answer_end_token_id = answer_end_token_id
+        self.mask_probability = mask_probability
+        self.diffusion_eps = diffusion_eps
+        self.max_recursive_steps = max_recursive_steps
+        self.latent_steps = latent_steps
+        self.deep_supervision_weight = deep_supervision_weight
+        self.enable_deep_supervision = enable_deep_supervision
+        self.freeze_backbone = freeze_backbone
+        self.train_mask_embedding = train_mask_embedding
+        self.head_hidden_size = head_hidden_size
+        self.head_num_heads = head_num_heads
+        self.confidence_threshold = confidence_threshold
+        self.backend = backend
+        kwargs.setdefault("pad_token_id", self.backbone.get("pad_token_id"))
+        kwargs.setdefault("eos_token_id", self.backbone.get("eos_token_id"))
+        kwargs.setdefault("tie_word_embeddings", False)
+        super().__init__(**kwargs)
+
+    def backbone_config(self) -> PreTrainedConfig:
+        """The backbone's transformers config object."""
+        fields = dict(self.backbone)
+        return AutoConfig.for_model(fields.pop("model_type"), **fields)

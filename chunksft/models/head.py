@@ -1,0 +1,109 @@
+"""The recursive refinement head (TRM-style), chunk-local.
+
+Per masked chunk it keeps an answer state y (initialised with the backbone's pre-norm hidden states
+of the chunk, so decoding y_0 reproduces the backbone's logits) and a latent z (learned init, one
+vector per chunk position). Each refinement step runs `latent_steps` updates z <- core(z + x + y)
+and then the delta update y <- y + f(y, z); a halting head reads the pooled core state and predicts
+whether the step's argmax is entirely correct. The head only sees its chunk's states, so the
+causality of the backbone layout is preserved.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+class CoreBlock(nn.Module):
+    """Pre-norm transformer block over the C tokens of one chunk (bidirectional within the chunk)."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"head_hidden_size {dim} must be divisible by head_num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.attn_norm = RMSNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.attn_out = nn.Linear(dim, dim, bias=False)
+        self.mlp_norm = RMSNorm(dim)
+        self.mlp_in = nn.Linear(dim, 4 * dim, bias=False)
+        self.mlp_out = nn.Linear(4 * dim, dim, bias=False)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """h: [M, C, d] -> [M, C, d]"""
+        m, c, d = h.shape
+        q, k, v = self.qkv(self.attn_norm(h)).view(m, c, 3, self.num_heads, d // self.num_heads).unbind(2)
+        a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        h = h + self.attn_out(a.transpose(1, 2).reshape(m, c, d))
+        return h + self.mlp_out(F.gelu(self.mlp_in(self.mlp_norm(h))))
+
+
+class RefinementTrace(NamedTuple):
+    states: list[torch.Tensor]       # per step y_k: [M, C, H] (backbone width, pre-norm)
+    confidence: list[torch.Tensor]   # per step halting logit: [M] float32
+    steps: torch.Tensor              # int64 [M]: steps applied to each chunk
+
+
+class RefinementHead(nn.Module):
+    """hidden_size: backbone width H; dim: head width d; chunk_size: C."""
+
+    def __init__(self, hidden_size: int, dim: int, num_heads: int, chunk_size: int, latent_steps: int):
+        super().__init__()
+        self.latent_steps = latent_steps
+        self.x_in = nn.Linear(hidden_size, dim, bias=False)
+        self.y_in = nn.Linear(hidden_size, dim, bias=False)
+        self.z_init = nn.Parameter(torch.randn(chunk_size, dim) * 0.02)
+        self.core = CoreBlock(dim, num_heads)
+        self.out_norm = RMSNorm(dim)
+        self.delta = nn.Linear(dim, hidden_size, bias=False)
+        self.halt = nn.Linear(dim, 1)
+        # Zero delta: step k starts as the identity, so an untrained head decodes the backbone's logits.
+        nn.init.zeros_(self.delta.weight)
+        nn.init.zeros_(self.halt.weight)
+        nn.init.constant_(self.halt.bias, -2.0)
+
+    def step(self, x_proj: torch.Tensor, y: torch.Tensor, z: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One refinement step. x_proj: [M, C, d]; y: [M, C, H]; z: [M, C, d] -> (y', z', halt logit [M])."""
+        y_proj = self.y_in(y)
+        for _ in range(self.latent_steps):
+            z = self.core(z + x_proj + y_proj)
+        update = self.out_norm(self.core(z + y_proj))
+        y = y + self.delta(update)
+        return y, z, self.halt(update.mean(dim=1)).squeeze(-1).float()
+
+    def forward(self, x: torch.Tensor, num_steps: int, halt_threshold: float | None = None) -> RefinementTrace:
+        """Refine chunk states x: [M, C, H] for `num_steps` steps.
+
+        With `halt_threshold`, a chunk stops once sigmoid(halt logit) >= threshold (inference):
+        later steps leave its y unchanged and its step count stops growing.
+        """
+        x_proj = self.x_in(x)
+        y, z = x, self.z_init.to(x_proj.dtype).expand_as(x_proj)
+        active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        steps = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        states, confidence = [], []
+        for _ in range(num_steps):
+            new_y, new_z, halt = self.step(x_proj, y, z)
+            keep = active[:, None, None]
+            y, z = torch.where(keep, new_y, y), torch.where(keep, new_z, z)
+            steps = steps + active.long()
+            states.append(y)
+            confidence.append(halt)
+            if halt_threshold is not None:
+                active = active & (torch.sigmoid(halt) < halt_threshold)
+                if not bool(active.any()):
+                    break
+        return RefinementTrace(states, confidence, steps)

@@ -1,0 +1,234 @@
+"""HybridModel: a frozen-or-trainable bidirectional HF backbone + the recursive refinement head.
+
+Modes (DESIGN.md §1):
+  * "pretrain" / "sft": LLaDA masked diffusion over a bidirectional pass (`objectives/diffusion.py`).
+  * "chunk_sft": chunk masking, ONE backbone pass over `[x_t ; x_0]` under the bd3 layout, the head
+    on the masked chunks, deep-supervised loss (`objectives/chunk_sft.py`).
+  * no mode in eval: a plain forward (bidirectional, or `attention_layout`) that returns logits.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from chunksft.models.attention import ATTN_IMPLEMENTATION, ChunkLayout
+from chunksft.models.config import HybridConfig
+from chunksft.models.head import RefinementHead
+from chunksft.objectives.chunk_sft import chunk_sft_loss, masked_token_ce, token_ce
+from chunksft.objectives.diffusion import diffusion_loss
+from chunksft.ops import chunk_mask, diffusion_mask
+from chunksft.ops.chunk_mask import chunk_positions
+
+TRAINING_MODES = ("pretrain", "sft", "chunk_sft")
+
+
+@dataclass
+class HybridOutput:
+    """Unpacks as `logits, loss = model(...)` (the seed API); the rest are attributes.
+
+    logits: [B, L, V] (x_t stream in chunk_sft, refined on masked chunks) or None.
+    chunk_index: int64 [M, 2] (row, chunk) of the masked chunks; chunk_targets / chunk_predictions:
+    int64 [M, C]; chunk_ce: float [M] final-step CE per chunk (for the DEBUG view).
+    """
+
+    logits: torch.Tensor | None
+    loss: torch.Tensor | None
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+    noisy_input_ids: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    chunk_masked: torch.Tensor | None = None
+    chunk_index: torch.Tensor | None = None
+    chunk_targets: torch.Tensor | None = None
+    chunk_predictions: torch.Tensor | None = None
+    chunk_ce: torch.Tensor | None = None
+
+    def __iter__(self):
+        return iter((self.logits, self.loss))
+
+
+class HybridModel(PreTrainedModel):
+    config_class = HybridConfig
+    base_model_prefix = "hybrid"
+    main_input_name = "input_ids"
+    _supports_attention_backend = True
+    _no_split_modules = ["RefinementHead"]
+
+    def __init__(self, config: HybridConfig, backbone: PreTrainedModel | None = None):
+        super().__init__(config)
+        if backbone is None:
+            backbone = AutoModelForCausalLM.from_config(config.backbone_config(),
+                                                        attn_implementation=ATTN_IMPLEMENTATION)
+        else:
+            backbone.set_attn_implementation(ATTN_IMPLEMENTATION)
+        self.backbone = backbone
+        hidden = backbone.config.hidden_size
+        self.head = RefinementHead(hidden, config.head_hidden_size, config.head_num_heads, config.chunk_size,
+                                   config.latent_steps)
+        if config.train_mask_embedding:
+            self.mask_embedding = nn.Parameter(
+                backbone.get_input_embeddings().weight[config.mask_token_id].detach().clone())
+        if config.freeze_backbone:
+            self.backbone.requires_grad_(False)
+
+    @classmethod
+    def from_backbone(cls, backbone, **hybrid_kwargs) -> "HybridModel":
+        """Wrap a transformers decoder: a model object, a hub name / local path, or a config."""
+        if isinstance(backbone, str):
+            backbone = AutoModelForCausalLM.from_pretrained(backbone, attn_implementation=ATTN_IMPLEMENTATION)
+        elif not isinstance(backbone, PreTrainedModel):
+            backbone = AutoModelForCausalLM.from_config(backbone, attn_implementation=ATTN_IMPLEMENTATION)
+        config = HybridConfig(backbone=backbone.config.to_dict(), **hybrid_kwargs)
+        return cls(config, backbone=backbone)
+
+    def _init_weights(self, module):
+        # The backbone initialises itself (or arrives pretrained); the head initialises in __init__.
+        pass
+
+    # ------------------------------------------------------------------ backbone pieces
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.backbone.get_decoder().norm
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.backbone.get_output_embeddings()
+
+    def decode(self, states: torch.Tensor) -> torch.Tensor:
+        """Pre-norm states [..., H] -> logits [..., V] through the backbone's final norm + LM head."""
+        return self.lm_head(self.final_norm(states))
+
+    def backbone_states(self, input_ids: torch.Tensor, layout: ChunkLayout, position_ids: torch.Tensor | None = None,
+                        past_key_values=None, use_cache: bool = False) -> torch.Tensor:
+        """Pre-norm last-layer hidden states [B, S, H] of one backbone pass under `layout`."""
+        captured = []
+        hook = self.final_norm.register_forward_hook(lambda mod, args, out: captured.append(args[0]))
+        try:
+            self.backbone.get_decoder()(inputs_embeds=self._embed(input_ids), position_ids=position_ids,
+                                        past_key_values=past_key_values, use_cache=use_cache, chunk_layout=layout)
+        finally:
+            hook.remove()
+        return captured[0]
+
+    def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        embeds = self.backbone.get_input_embeddings()(input_ids)
+        if self.config.train_mask_embedding:
+            is_mask = (input_ids == self.config.mask_token_id)[..., None]
+            embeds = torch.where(is_mask, self.mask_embedding.to(embeds.dtype), embeds)
+        return embeds
+
+    def refine(self, chunk_states: torch.Tensor, num_steps: int | None = None, halt_threshold: float | None = None):
+        """Run the head on chunk states [M, C, H]; returns its `RefinementTrace`."""
+        return self.head(chunk_states, num_steps or self.config.max_recursive_steps, halt_threshold)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, src_mask: torch.Tensor | None = None,
+                training_mode: str | None = None, prompt_lens: torch.Tensor | None = None,
+                chunk_masked: torch.Tensor | None = None, attention_layout: str | None = None, refine: bool = True,
+                generator: torch.Generator | None = None, return_logits: bool = True) -> HybridOutput:
+        """input_ids: int64 [B, L]; attention_mask: [B, L] (1 = token; right padding in chunk layouts);
+        src_mask: bool [B, L] (sft); prompt_lens: int [B] (chunk layouts); chunk_masked: bool [B, N]
+        overrides the chunk draw; generator: RNG of the noise (eval uses a fixed seed when None).
+        """
+        mode = training_mode if training_mode is not None else ("pretrain" if self.training else None)
+        if mode is not None and mode not in TRAINING_MODES:
+            raise ValueError(f"training_mode must be one of {TRAINING_MODES}, got {mode!r}")
+        if mode is not None and generator is None and not self.training:
+            generator = torch.Generator(device=input_ids.device).manual_seed(0)
+        if mode == "chunk_sft":
+            return self._chunk_sft(input_ids, attention_mask, prompt_lens, chunk_masked, attention_layout, refine,
+                                   generator, return_logits)
+        if mode in ("pretrain", "sft"):
+            return self._diffusion(input_ids, attention_mask, src_mask, mode, generator)
+        layout = self._layout(attention_layout or "bidirectional", attention_mask, prompt_lens)
+        logits = self.decode(self.backbone_states(input_ids, layout))
+        loss = masked_token_ce(logits, labels) if labels is not None else None
+        return HybridOutput(logits, loss)
+
+    def _layout(self, name: str, attention_mask: torch.Tensor | None, prompt_lens: torch.Tensor | None) -> ChunkLayout:
+        if name == "bidirectional":
+            padding = None if attention_mask is None else attention_mask.to(torch.bool)
+            return ChunkLayout("bidirectional", key_padding=padding, backend=self.config.backend)
+        if prompt_lens is None:
+            raise ValueError(f"attention_layout={name!r} needs prompt_lens (prompt length per row)")
+        seq_lens = None if attention_mask is None else attention_mask.to(torch.long).sum(dim=1)
+        return ChunkLayout(name, prompt_lens=prompt_lens.to(torch.long), chunk_size=self.config.chunk_size,
+                           seq_lens=seq_lens, backend=self.config.backend)
+
+    def _diffusion(self, input_ids, attention_mask, src_mask, mode, generator) -> HybridOutput:
+        if mode == "sft" and src_mask is None:
+            raise ValueError('training_mode="sft" needs src_mask (True on instruction tokens, which are never masked)')
+        noisy, masked, p_mask = diffusion_mask(input_ids, src_mask if mode == "sft" else None,
+                                               mask_id=self.config.mask_token_id, eps=self.config.diffusion_eps,
+                                               generator=generator, attention_mask=attention_mask)
+        maskable = torch.ones_like(masked) if attention_mask is None else attention_mask.to(torch.bool)
+        if mode == "sft":
+            maskable = maskable & ~src_mask.to(torch.bool)
+        logits = self.decode(self.backbone_states(noisy, self._layout("bidirectional", attention_mask, None)))
+        loss = diffusion_loss(logits, input_ids, masked, p_mask, maskable)
+        labels = torch.where(masked, input_ids, torch.full_like(input_ids, -100))
+        metrics = {"masked_tokens": masked.sum().float(), "p_mask": p_mask.mean()}
+        return HybridOutput(logits, loss, metrics, noisy_input_ids=noisy, labels=labels)
+
+    def _chunk_sft(self, input_ids, attention_mask, prompt_lens, chunk_masked, attention_layout, refine, generator,
+                   return_logits) -> HybridOutput:
+        if prompt_lens is None:
+            raise ValueError('training_mode="chunk_sft" needs prompt_lens (prompt length per row)')
+        if attention_layout not in (None, "bd3"):
+            raise ValueError(f'chunk_sft trains under the "bd3" layout, got attention_layout={attention_layout!r}')
+        cfg = self.config
+        batch, seq_len = input_ids.shape
+        drawn = chunk_mask(input_ids, prompt_lens, chunk_size=cfg.chunk_size, mask_prob=cfg.mask_probability,
+                           mask_id=cfg.mask_token_id, generator=generator, backend=cfg.backend,
+                           attention_mask=attention_mask, chunk_masked=chunk_masked)
+        # One pass over [x_t ; x_0]: both streams share position ids.
+        positions = torch.arange(seq_len, device=input_ids.device).repeat(2)[None].expand(batch, -1)
+        layout = self._layout("bd3", attention_mask, prompt_lens)
+        states = self.backbone_states(torch.cat([drawn.input_ids, input_ids], dim=1), layout, position_ids=positions)
+        noisy_states = states[:, :seq_len]
+
+        index = drawn.chunk_masked.nonzero()  # [M, 2] (row, chunk)
+        token_pos = chunk_positions(prompt_lens.to(input_ids.device), seq_len, cfg.chunk_size,
+                                    drawn.chunk_masked.shape[1])[index[:, 0], index[:, 1]]  # [M, C]
+        rows = index[:, :1].expand_as(token_pos)
+        chunk_states = noisy_states[rows, token_pos]  # [M, C, H]
+        targets = input_ids[rows, token_pos]
+        if refine:
+            trace = self.refine(chunk_states)
+            step_logits = [self.decode(y) for y in trace.states]
+            loss, metrics = chunk_sft_loss(step_logits, trace.confidence, targets,
+                                           deep_supervision_weight=cfg.deep_supervision_weight,
+                                           enable_deep_supervision=cfg.enable_deep_supervision)
+        else:
+            step_logits = [self.decode(chunk_states)]
+            loss = token_ce(step_logits[0], targets)
+            metrics = {"ce_final": loss.detach()}
+        final = step_logits[-1]
+        metrics["masked_chunks"] = torch.tensor(float(index.shape[0]))
+        logits = None
+        if return_logits:
+            logits = self.decode(noisy_states).index_put((rows, token_pos), final) if refine \
+                else self.decode(noisy_states)
+        chunk_ce = torch.nn.functional.cross_entropy(final.detach().float().transpose(1, 2), targets,
+                                                     reduction="none").mean(dim=1)
+        return HybridOutput(logits, loss, metrics, noisy_input_ids=drawn.input_ids, labels=drawn.labels,
+                            chunk_masked=drawn.chunk_masked, chunk_index=index, chunk_targets=targets,
+                            chunk_predictions=final.detach().argmax(dim=-1), chunk_ce=chunk_ce)
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def generate(self, prompt_ids, max_length: int, **kwargs):
+        """Chunk-by-chunk diffusion decoding under the block_causal layout (see `models/generation.py`)."""
+        from chunksft.models.generation import generate_chunks
+        return generate_chunks(self, prompt_ids, max_length=max_length, enable_refinement=False, **kwargs)
+
+    @torch.no_grad()
+    def generate_with_refinement(self, prompt_ids, max_length: int, enable_refinement: bool = True, **kwargs):
+        """`generate` with the refinement head in the loop; also returns per-chunk steps and confidences."""
+        from chunksft.models.generation import generate_chunks
+        return generate_chunks(self, prompt_ids, max_length=max_length, enable_refinement=enable_refinement, **kwargs)
+
+

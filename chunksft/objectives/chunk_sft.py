@@ -1,0 +1,75 @@
+"""Chunk-SFT objective with deep supervision over the refinement steps.
+
+For the M masked chunks of a batch (targets t: [M, C]) and refinement steps k = 1..K with logits
+l_k: [M, C, V] and halting logits h_k: [M]:
+
+    CE_k   = mean over the M*C tokens of cross_entropy(l_k, t)
+    BCE_k  = mean over chunks of BCE_with_logits(h_k, 1[argmax l_k == t for all C tokens])
+    loss   = CE_K + deep_supervision_weight * mean_{k<K} CE_k + mean_k BCE_k
+
+(the intermediate term is 0 when K == 1 or deep supervision is disabled). Without refinement the
+loss is CE of the backbone's logits on the masked tokens.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def chunk_correct(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """1.0 where every token's argmax equals its target. logits [M, C, V], targets [M, C] -> float32 [M]"""
+    return (logits.argmax(dim=-1) == targets).all(dim=-1).float()
+
+
+def token_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean CE in fp32. logits [..., V], targets [...] -> scalar"""
+    return F.cross_entropy(logits.float().flatten(0, -2), targets.flatten())
+
+
+def chunk_sft_loss(step_logits: list[torch.Tensor], halt_logits: list[torch.Tensor], targets: torch.Tensor, *,
+                   deep_supervision_weight: float, enable_deep_supervision: bool = True
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The formula of the module docstring. Returns (loss, metrics of detached scalars)."""
+    ces = [token_ce(logits, targets) for logits in step_logits]
+    final = ces[-1]
+    intermediate = torch.stack(ces[:-1]).mean() if len(ces) > 1 and enable_deep_supervision else final.new_zeros(())
+    correct = [chunk_correct(logits.detach(), targets) for logits in step_logits]
+    halting = torch.stack([F.binary_cross_entropy_with_logits(h, c) for h, c in zip(halt_logits, correct)]).mean()
+    loss = final + deep_supervision_weight * intermediate + halting
+    metrics = {"ce_final": final.detach(), "ce_intermediate": intermediate.detach(), "halting_bce": halting.detach(),
+               "chunk_acc_final": correct[-1].mean(), "chunk_acc_backbone_step1": correct[0].mean()}
+    return loss, metrics
+
+
+def masked_token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """CE over positions with labels != -100. logits [B, L, V]; labels [B, L] -> scalar fp32"""
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+
+def per_chunk_loop(model, input_ids: torch.Tensor, prompt_lens: torch.Tensor, chunk_masked: torch.Tensor,
+                   refine: bool = True) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """The naive baseline of the one-pass bd3 forward (tests and benchmarks only, never training).
+
+    For each masked chunk i of row b (in `chunk_masked.nonzero()` order) a separate backbone forward
+    over `prompt + clean chunks < i + masked chunk i` under the single-stream block_causal layout,
+    then (with `refine`) the head for the model's fixed number of steps.
+    input_ids: int64 [B, L] clean; prompt_lens: int [B]; chunk_masked: bool [B, N].
+    Returns (step_logits: K x [M, C, V], halt_logits: K x [M], targets: int64 [M, C]).
+    """
+    from chunksft.models.attention import ChunkLayout
+
+    size, mask_id = model.config.chunk_size, model.config.mask_token_id
+    states, targets = [], []
+    for row, chunk in chunk_masked.nonzero().tolist():
+        end = int(prompt_lens[row]) + (chunk + 1) * size
+        ids = input_ids[row:row + 1, :end].clone()
+        targets.append(ids[0, -size:].clone())
+        ids[0, -size:] = mask_id
+        layout = ChunkLayout("block_causal", prompt_lens=prompt_lens[row:row + 1].long(), chunk_size=size,
+                             backend=model.config.backend)
+        states.append(model.backbone_states(ids, layout)[0, -size:])
+    chunk_states, targets = torch.stack(states), torch.stack(targets)
+    if not refine:
+        return [model.decode(chunk_states)], [], targets
+    trace = model.refine(chunk_states)
+    return [model.decode(y) for y in trace.states], trace.confidence, targets

@@ -1,0 +1,98 @@
+"""One-pass bd3 chunk_sft == the per-chunk loop; causality of the chunk layout; frozen backbone."""
+import pytest
+import torch
+
+from chunksft.models import HybridConfig, HybridModel
+from chunksft.objectives.chunk_sft import chunk_sft_loss, per_chunk_loop
+
+C = 16
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = HybridModel(HybridConfig(max_recursive_steps=3, freeze_backbone=False))
+    # A non-zero delta so the refinement actually changes y (the fresh head starts as identity).
+    torch.nn.init.normal_(m.head.delta.weight, std=0.02)
+    return m.eval()
+
+
+def batch(prompt_lens, n_chunks, pad_to=None, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    lens = [p + n * C for p, n in zip(prompt_lens, n_chunks)]
+    width = pad_to or max(lens)
+    ids = torch.randint(5, 512, (len(lens), width), generator=g)
+    mask = (torch.arange(width)[None] < torch.tensor(lens)[:, None]).long()
+    return ids * mask, mask, torch.tensor(prompt_lens)
+
+
+def test_one_pass_equals_per_chunk_loop(model):
+    ids, mask, prompts = batch([7, 21, 16], [3, 2, 4])  # prompts not chunk-aligned, ragged rows
+    chunk_masked = torch.tensor([[1, 0, 1, 0], [1, 1, 0, 0], [0, 1, 1, 1]], dtype=torch.bool)
+    with torch.no_grad():
+        plain = model(ids, attention_mask=mask, prompt_lens=prompts, training_mode="chunk_sft",
+                      chunk_masked=chunk_masked, refine=False)
+        refined = model(ids, attention_mask=mask, prompt_lens=prompts, training_mode="chunk_sft",
+                        chunk_masked=chunk_masked, refine=True)
+        loop_plain, _, targets = per_chunk_loop(model, ids, prompts, chunk_masked, refine=False)
+        loop_steps, loop_halt, _ = per_chunk_loop(model, ids, prompts, chunk_masked, refine=True)
+
+    index = plain.chunk_index
+    positions = prompts[index[:, 0], None] + index[:, 1:] * C + torch.arange(C)
+    one_pass = plain.logits[index[:, :1], positions]
+    assert torch.equal(plain.chunk_targets, targets)
+    torch.testing.assert_close(one_pass, loop_plain[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(refined.logits[index[:, :1], positions], loop_steps[-1], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(loop_steps[-1], loop_plain[0], atol=1e-3), "the head should change the logits"
+    loop_loss, _ = chunk_sft_loss(loop_steps, loop_halt, targets, deep_supervision_weight=0.3)
+    torch.testing.assert_close(refined.loss, loop_loss, atol=1e-5, rtol=1e-5)
+
+
+def test_bidirectional_pass_differs_from_block_causal(model):
+    # The contract's warning: a plain bidirectional forward is a different function.
+    ids, mask, prompts = batch([9], [3])
+    with torch.no_grad():
+        causal = model(ids, prompt_lens=prompts, attention_layout="block_causal").logits
+        bidir = model(ids).logits
+    assert (causal[0, :9 + C] - bidir[0, :9 + C]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("refine", [False, True])
+def test_chunk_logits_ignore_later_chunks(model, refine):
+    prompt, n = 11, 4
+    ids, mask, prompts = batch([prompt], [n])
+    everything = torch.ones(1, n, dtype=torch.bool)
+
+    def chunk_logits(x, i):
+        with torch.no_grad():
+            out = model(x, prompt_lens=prompts, training_mode="chunk_sft", chunk_masked=everything, refine=refine)
+        return out.logits[0, prompt + i * C: prompt + (i + 1) * C]
+
+    for i in range(n):
+        base = chunk_logits(ids, i)
+        for j in range(i, n):  # own chunk (it is masked anyway) and every later chunk
+            moved = ids.clone()
+            moved[0, prompt + j * C + 3] = (moved[0, prompt + j * C + 3] + 1) % 500 + 5
+            assert (chunk_logits(moved, i) - base).abs().max() == 0
+        for pos in [0, prompt - 1] + [prompt + j * C + 5 for j in range(i)]:
+            moved = ids.clone()
+            moved[0, pos] = (moved[0, pos] + 1) % 500 + 5
+            assert (chunk_logits(moved, i) - base).abs().max() > 0, f"chunk {i} must see position {pos}"
+
+
+def test_frozen_backbone_is_bitwise_unchanged_and_halting_trains():
+    torch.manual_seed(0)
+    model = HybridModel(HybridConfig(max_recursive_steps=2)).train()
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    head_before = {k: v.clone() for k, v in model.head.state_dict().items()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-2)
+    ids, mask, prompts = batch([5, 12], [2, 3])
+    out = model(ids, attention_mask=mask, prompt_lens=prompts, training_mode="chunk_sft")
+    out.loss.backward()
+    assert model.head.halt.weight.grad.abs().sum() > 0 and model.head.halt.bias.grad.abs() > 0
+    opt.step()
+    for k, v in model.backbone.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert any(not torch.equal(v, head_before[k]) for k, v in model.head.state_dict().items())
+    assert all(not p.requires_grad for p in model.backbone.parameters())
