@@ -1,0 +1,131 @@
+"""Tokenization into chunk_sft rows: exact prompt length, EOS-padded response chunks, overflow policy.
+
+A row is `{"input_ids": list[int], "prompt_len": int, "answer": str}` with
+
+    input_ids = [bos?] + ids(prompt) + ids(response) + [eos] * k,   len(input_ids) - prompt_len = n * chunk_size
+
+The prompt and the response are tokenized *separately* and concatenated, so `prompt_len` is exactly
+len(ids(prompt)) (+1 for a BOS the tokenizer itself would add) and the prompt ids are a prefix of
+input_ids by construction, whatever merges the tokenizer would make across the boundary. At least
+one EOS always ends an untruncated response (the model learns to stop), then more EOS fill the last
+chunk. Over-long rows (`max_length`): `truncate` drops whole trailing response chunks (the row is
+kept and counted), `skip` drops the row (counted), `error` raises; a prompt that leaves no room for
+one chunk is always skipped (counted) or raises under `error`.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from chunksft.data.errors import DataError, DataStats
+from chunksft.data.formats import Rejection, iter_examples
+from chunksft.data.template import ReasoningExample, render, render_prompt
+
+OVERFLOW_POLICIES = ("truncate", "skip", "error")
+
+
+def check_chunk_args(chunk_size: int, max_length: int | None, overflow: str) -> None:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+        raise DataError(f"chunk_size must be a positive integer, got {chunk_size!r}; e.g. --chunk_size 16")
+    if max_length is not None and (not isinstance(max_length, int) or max_length < chunk_size):
+        raise DataError(f"max_length must be an integer >= chunk_size ({chunk_size}), got {max_length!r}; "
+                        f"e.g. --max_length 1024")
+    if overflow not in OVERFLOW_POLICIES:
+        raise DataError(f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}, got {overflow!r}")
+
+
+def bos_prefix(tokenizer) -> list[int]:
+    """[bos] when the tokenizer itself prepends BOS with add_special_tokens=True, else []."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    bos = tokenizer.bos_token_id
+    return [bos] if bos is not None and len(full) > len(plain) and full[0] == bos else []
+
+
+def encode_prompt(tokenizer, question: str) -> list[int]:
+    """Prompt ids for generation: exactly the prompt part of a training row."""
+    return bos_prefix(tokenizer) + tokenizer(render_prompt(question), add_special_tokens=False)["input_ids"]
+
+
+def encode_examples(items: Iterable[tuple[str, ReasoningExample | Rejection]], tokenizer, stats: DataStats, *,
+                    chunk_size: int = 16, max_length: int | None = 1024, overflow: str = "truncate") -> list[dict]:
+    """(where, example) pairs -> rows (see module docstring); rejections are counted into `stats`."""
+    check_chunk_args(chunk_size, max_length, overflow)
+    kept: list[tuple[str, ReasoningExample]] = []
+    for where, item in items:
+        stats.rows += 1
+        if isinstance(item, Rejection):
+            stats.reject(item.reason, where)
+        else:
+            kept.append((where, item))
+    if not kept:
+        return []
+    prompts, responses = zip(*(render(example) for _, example in kept))
+    # one batched call each: the Rust tokenizer parallelises, and each part is tokenized on its own
+    prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
+    prefix, eos = bos_prefix(tokenizer), tokenizer.eos_token_id
+    rows = []
+    for (where, example), p_ids, r_ids in zip(kept, prompt_ids, response_ids):
+        prompt = prefix + p_ids
+        response = r_ids + [eos]
+        response += [eos] * (-len(response) % chunk_size)
+        if max_length is not None and len(prompt) + len(response) > max_length:
+            room = (max_length - len(prompt)) // chunk_size  # whole chunks that still fit
+            if overflow == "error":
+                raise DataError(f"{where}: row has {len(prompt) + len(response)} tokens > max_length {max_length} "
+                                f"(prompt {len(prompt)}); raise --max_length or use overflow truncate/skip")
+            if room <= 0:
+                stats.reject("prompt_too_long", where)
+                continue
+            if overflow == "skip":
+                stats.reject("too_long", where)
+                continue
+            response = response[:room * chunk_size]
+            stats.truncated += 1
+        rows.append({"input_ids": prompt + response, "prompt_len": len(prompt), "answer": example.answer})
+        stats.tokens += len(prompt) + len(response)
+    stats.kept += len(rows)
+    return rows
+
+
+class ChunkDataset(torch.utils.data.Dataset):
+    """Map-style dataset of encoded rows; item = {"input_ids": list[int], "prompt_len": int, "answer": str}."""
+
+    def __init__(self, rows: list[dict], chunk_size: int, stats: DataStats):
+        self.rows, self.chunk_size, self.stats = rows, chunk_size, stats
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.rows[index]
+
+
+def build_dataset(source: str | None = None, *, tokenizer=None, chunk_size: int = 16,
+                  max_length: int | None = 1024, format: str = "auto", split: str = "train",
+                  max_rows: int | None = None, overflow: str = "truncate") -> tuple[ChunkDataset, DataStats]:
+    """Load, map, template and tokenize a source -> (ChunkDataset, DataStats).
+
+    source: a .jsonl/.json/.parquet file, a hub dataset name (`name` or `name:config`), or
+    None / "bundled" for the bundled split `split` (train | validation | test).
+    tokenizer: a loaded tokenizer; None = the bundled one.
+    Raises DataError (one line) on unreadable input, bad arguments, or when no row is usable.
+    """
+    check_chunk_args(chunk_size, max_length, overflow)
+    if source is None or source == "bundled":
+        from chunksft.data.bundled import SPLIT_SIZES, ensure_bundled
+
+        if split not in SPLIT_SIZES:
+            raise DataError(f"bundled data has no split {split!r}; use one of {', '.join(SPLIT_SIZES)}")
+        source, format = str(ensure_bundled() / f"{split}.jsonl"), "plain"
+    if tokenizer is None:
+        from chunksft.data.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer()
+    stats = DataStats(source)
+    rows = encode_examples(iter_examples(source, format=format, split=split, max_rows=max_rows), tokenizer, stats,
+                           chunk_size=chunk_size, max_length=max_length, overflow=overflow)
+    stats.raise_if_empty()
+    return ChunkDataset(rows, chunk_size, stats), stats

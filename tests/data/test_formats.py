@@ -1,0 +1,95 @@
+import pytest
+
+from chunksft.data import ReasoningExample, build_dataset, iter_examples
+from chunksft.data.formats import Rejection
+
+
+def examples(path, **kw):
+    return [item for _, item in iter_examples(path, **kw)]
+
+
+def test_natural_reasoning_with_and_without_responses(jsonl):
+    path = jsonl([
+        {"question": "What is 2 + 3 * 4?", "reference_answer": "14",
+         "responses": [{"response_model": "m", "response": "First 3 * 4 = 12.\n\nThen 2 + 12 = 14."}]},
+        {"question": "Capital of France?", "reference_answer": "Paris", "responses": []},
+        {"question": "Sum of 1 and 1?", "reference_answer": "",
+         "responses": [{"response_model": "m", "response": "1 + 1 = 2\nSo the sum is 2"}]},
+    ])
+    assert examples(path) == [
+        ReasoningExample("What is 2 + 3 * 4?", ["First 3 * 4 = 12.", "Then 2 + 12 = 14."], "14"),
+        ReasoningExample("Capital of France?", [], "Paris"),
+        ReasoningExample("Sum of 1 and 1?", ["1 + 1 = 2"], "So the sum is 2"),
+    ]
+
+
+def test_gsm8k_steps_answer_and_calculator_annotations(jsonl):
+    path = jsonl([
+        {"question": "Natalia sold clips to 48 friends in April, and half as many in May. How many altogether?",
+         "answer": "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
+                   "Natalia sold 48+24 = <<48+24=72>>72 clips altogether.\n#### 72"},
+        {"question": "No final answer?", "answer": "It is 5."},
+    ])
+    first, second = examples(path)
+    assert first.steps == ["Natalia sold 48/2 = 24 clips in May.", "Natalia sold 48+24 = 72 clips altogether."]
+    assert first.answer == "72"
+    assert second == Rejection("missing_final_answer")
+
+
+def test_alpaca_with_and_without_input(jsonl):
+    path = jsonl([
+        {"instruction": "Add the numbers.", "input": "2 and 5", "output": "2 + 5 = 7\n7"},
+        {"instruction": "Name a primary colour.", "input": "", "output": "Red"},
+    ])
+    assert examples(path) == [ReasoningExample("Add the numbers.\n\n2 and 5", ["2 + 5 = 7"], "7"),
+                              ReasoningExample("Name a primary colour.", [], "Red")]
+
+
+def test_messages_last_user_turn_and_assistant_reply(jsonl):
+    path = jsonl([
+        {"messages": [{"role": "system", "content": "Be brief."},
+                      {"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4"},
+                      {"role": "user", "content": "And times 3?"},
+                      {"role": "assistant", "content": "4 * 3 = 12\n<answer>12</answer>"}]},
+        {"messages": [{"role": "user", "content": "Unanswered?"}]},
+    ])
+    first, second = examples(path)
+    assert first == ReasoningExample("And times 3?", ["4 * 3 = 12"], "12")
+    assert second == Rejection("no_assistant_turn")
+
+
+def test_plain_schema_jsonl_and_parquet_agree(jsonl, tmp_path):
+    import datasets
+
+    rows = [{"question": "Tom has 2 bags of 3 apples.", "steps": ["2 * 3 = 6"], "answer": "6"},
+            {"question": "q2", "steps": ["a\nb"], "answer": "c"}]
+    parquet = str(tmp_path / "plain.parquet")
+    datasets.Dataset.from_list(rows).to_parquet(parquet)
+    expected = [ReasoningExample("Tom has 2 bags of 3 apples.", ["2 * 3 = 6"], "6"),
+                ReasoningExample("q2", ["a", "b"], "c")]  # multi-line steps -> one step per line
+    assert examples(jsonl(rows)) == expected
+    assert examples(parquet) == expected
+
+
+def test_rendered_text_rows_and_missing_marker_is_counted(jsonl, tokenizer):
+    path = jsonl([
+        {"text": "Question: 1 + 2?\n\nLet's solve this step by step:\n1 + 2 = 3\n<answer>3</answer>"},
+        {"text": "Question: 1 + 2?\nAnswer: 3"},
+    ])
+    assert examples(path) == [ReasoningExample("1 + 2?", ["1 + 2 = 3"], "3"), Rejection("missing_marker")]
+    dataset, stats = build_dataset(path, tokenizer=tokenizer)
+    assert len(dataset) == 1 and stats.rejected == {"missing_marker": 1}
+    assert "missing_marker=1" in stats.summary()
+
+
+@pytest.mark.parametrize("rows,fmt", [
+    ([{"question": "q", "steps": [], "answer": "a"}], "plain"),
+    ([{"question": "q", "answer": "x\n#### 1"}], "gsm8k"),
+    ([{"question": "q", "reference_answer": "a"}], "natural_reasoning"),
+    ([{"instruction": "i", "output": "o"}], "alpaca"),
+    ([{"messages": [{"role": "user", "content": "u"}]}], "messages"),
+])
+def test_auto_detects_format_from_columns(rows, fmt):
+    from chunksft.data import detect_format
+
+    assert detect_format(list(rows[0]), "f") == fmt
