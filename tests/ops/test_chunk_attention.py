@@ -1,0 +1,142 @@
+"""Triton chunk attention (interpreter) == the eager reference: forward, dQ/dK/dV, tile schedule."""
+import pytest
+import torch
+
+from chunksft.ops import chunk_attention
+from chunksft.ops.chunk_attention import (chunk_attention_compact_eager, chunk_attention_eager,
+                                          chunk_attention_triton, compact_attention_mask, kernel_configs,
+                                          tile_schedule)
+from chunksft.ops.masks import chunk_attention_mask
+
+pytest.importorskip("triton")
+
+# Awkward on purpose: odd L, prompts not multiples of C (and an empty prompt), right padding,
+# GQA 4:1 and 2:1, a head dim that is not a power of two.
+CASES = {
+    "bd3-fp32-gqa4": dict(layout="bd3", dtype=torch.float32, heads=(4, 1), seq_len=37, head_dim=32, chunk=5,
+                          prompts=[7, 12], lens=[37, 29]),
+    "bd3-fp16-noprompt": dict(layout="bd3", dtype=torch.float16, heads=(2, 2), seq_len=23, head_dim=64, chunk=4,
+                              prompts=[0, 9], lens=[23, 17]),
+    "block_causal-fp32-d24": dict(layout="block_causal", dtype=torch.float32, heads=(4, 2), seq_len=45, head_dim=24,
+                                  chunk=4, prompts=[3, 10], lens=[45, 40]),
+    "bidirectional-fp16": dict(layout="bidirectional", dtype=torch.float16, heads=(2, 1), seq_len=33, head_dim=32,
+                               chunk=4, prompts=[5, 2], lens=[33, 20]),
+    "compact-fp32-gqa4": dict(layout="compact", dtype=torch.float32, heads=(4, 1), seq_len=37, head_dim=32, chunk=5,
+                              prompts=[7, 12], lens=[37, 29], chunks=[[0, 2, 3, 5], [1, 3, -1, -1]]),
+    "compact-fp16": dict(layout="compact", dtype=torch.float16, heads=(2, 2), seq_len=30, head_dim=32, chunk=4,
+                         prompts=[3, 6], lens=[30, 26], chunks=[[1, 4, 5], [0, -1, -1]]),
+}
+
+
+def make_inputs(case, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    heads, kv_heads = case["heads"]
+    chunk_index = torch.tensor(case["chunks"]) if "chunks" in case else None
+    if case["layout"] == "compact":
+        total = chunk_index.shape[1] * case["chunk"] + case["seq_len"]
+    else:
+        total = case["seq_len"] * (2 if case["layout"] == "bd3" else 1)
+    shapes = [(2, heads, total, case["head_dim"])] + [(2, kv_heads, total, case["head_dim"])] * 2
+    q, k, v = (torch.randn(s, generator=g).to(case["dtype"]) for s in shapes)
+    kwargs = dict(prompt_lens=torch.tensor(case["prompts"]), chunk_size=case["chunk"],
+                  seq_lens=torch.tensor(case["lens"]))
+    return (q, k, v), kwargs, chunk_index
+
+
+def reference(q, k, v, case, kwargs, chunk_index):
+    if case["layout"] == "compact":
+        return chunk_attention_compact_eager(q, k, v, chunk_index=chunk_index, **kwargs)
+    return chunk_attention_eager(q, k, v, layout=case["layout"], **kwargs)
+
+
+def dense_mask(case, kwargs, chunk_index):
+    if case["layout"] == "compact":
+        return compact_attention_mask(kwargs["prompt_lens"], case["seq_len"], chunk_index,
+                                      chunk_size=kwargs["chunk_size"], seq_lens=kwargs["seq_lens"])
+    return chunk_attention_mask(kwargs["prompt_lens"], case["seq_len"], chunk_size=kwargs["chunk_size"],
+                                layout=case["layout"], seq_lens=kwargs["seq_lens"])
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_forward_and_gradients_match_eager(name):
+    case = CASES[name]
+    inputs, kwargs, chunk_index = make_inputs(case)
+    fused_in = [x.clone().requires_grad_() for x in inputs]
+    # The reference runs in fp32 on the same (rounded) values: it is the exact function of the inputs.
+    ref_in = [x.float().requires_grad_() for x in inputs]
+    out = chunk_attention_triton(*fused_in, layout=case["layout"], chunk_index=chunk_index, **kwargs)
+    ref = reference(*ref_in, case, kwargs, chunk_index)
+    assert out.dtype == case["dtype"] and out.shape == ref.shape
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(case["dtype"])
+    fused_grads = torch.autograd.grad(out, fused_in, grad)
+    ref_grads = torch.autograd.grad(ref, ref_in, grad.float())
+    tol = dict(atol=2e-5, rtol=1e-4) if case["dtype"] == torch.float32 else dict(atol=4e-3, rtol=1e-2)
+    torch.testing.assert_close(out.float(), ref, **tol)
+    for name_, a, b in zip("qkv", fused_grads, ref_grads):
+        assert a.dtype == case["dtype"]
+        torch.testing.assert_close(a.float(), b, **tol, msg=lambda m: f"d{name_}: {m}")
+
+
+@pytest.mark.parametrize("name", ["bd3-fp32-gqa4", "bd3-fp16-noprompt", "block_causal-fp32-d24",
+                                  "bidirectional-fp16", "compact-fp32-gqa4"])
+def test_tile_schedule_is_exactly_the_visible_tiles(name):
+    """Every kernel visits each (query tile, key tile) with >= 1 visible pair once per head, and no other."""
+    case = dict(CASES[name], heads=(1, 1), head_dim=16, dtype=torch.float32)
+    (q, k, v), kwargs, chunk_index = make_inputs(case)
+    mask = dense_mask(case, kwargs, chunk_index)
+    counts = tile_schedule(q, k, v, layout=case["layout"], chunk_index=chunk_index, **kwargs)
+    cfgs = kernel_configs(16, torch.float32, "cpu")
+    total = q.shape[2]
+    for kernel_name, visited in counts.items():
+        bm, bn = cfgs[kernel_name].block_m, cfgs[kernel_name].block_n
+        n_qt, n_kt = visited.shape[1:]
+        padded = torch.zeros(2, n_qt * bm, n_kt * bn, dtype=torch.bool)
+        padded[:, :total, :total] = mask
+        expected = padded.view(2, n_qt, bm, n_kt, bn).any(dim=4).any(dim=2).int()
+        assert torch.equal(visited, expected), kernel_name
+        # The point of the schedule: most tiles of a chunk layout hold no visible pair.
+        if case["layout"] != "bidirectional":
+            assert expected.sum() < expected.numel()
+
+
+def test_dispatch(monkeypatch):
+    case = CASES["block_causal-fp32-d24"]
+    (q, k, v), kwargs, _ = make_inputs(dict(case, heads=(1, 1), seq_len=9, head_dim=16))
+    ref = chunk_attention_eager(q, k, v, layout="block_causal", **kwargs)
+    assert torch.equal(chunk_attention(q, k, v, layout="block_causal", **kwargs), ref), "auto on CPU = eager"
+    torch.testing.assert_close(chunk_attention(q, k, v, layout="block_causal", backend="triton", **kwargs), ref)
+    monkeypatch.setenv("CHUNKSFT_BACKEND", "eager")
+    assert torch.equal(chunk_attention(q, k, v, layout="block_causal", backend="triton", **kwargs), ref)
+    monkeypatch.delenv("CHUNKSFT_BACKEND")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        chunk_attention(q, k, v, layout="block_causal", backend="triton", **kwargs)
+    with pytest.raises(ValueError, match="chunk_index"):
+        chunk_attention(q, k, v, layout="compact", **kwargs)
+
+
+def test_compact_reference_is_the_bd3_rows():
+    """The compact eager reference is a relabelling of bd3: check it against a direct bd3 call."""
+    case = CASES["compact-fp32-gqa4"]
+    (q, k, v), kwargs, chunk_index = make_inputs(case)
+    seq_len, size = case["seq_len"], case["chunk"]
+    out = chunk_attention_compact_eager(q, k, v, chunk_index=chunk_index, **kwargs)
+    n_slots = chunk_index.shape[1] * size
+    for b in range(2):
+        full = [torch.zeros(x.shape[1], 2 * seq_len, x.shape[3]) for x in (q, k, v)]
+        slots = []
+        for j, c in enumerate(chunk_index[b].tolist()):
+            if c >= 0:
+                for o in range(size):
+                    slots.append((j * size + o, kwargs["prompt_lens"][b].item() + c * size + o))
+        for x, f in zip((q, k, v), full):
+            f[:, seq_len:] = x[b, :, n_slots:]
+            for s, p in slots:
+                f[:, p] = x[b, :, s]
+        bd3 = chunk_attention_eager(*(f[None] for f in full), prompt_lens=kwargs["prompt_lens"][b:b + 1],
+                                    chunk_size=size, seq_lens=kwargs["seq_lens"][b:b + 1])[0]
+        torch.testing.assert_close(out[b, :, n_slots:], bd3[:, seq_len:])
+        for s, p in slots:
+            torch.testing.assert_close(out[b, :, s], bd3[:, p])
+        real = {s for s, _ in slots}
+        assert all(out[b, :, s].abs().sum() == 0 for s in range(n_slots) if s not in real), "padding slots are 0"
