@@ -84,11 +84,13 @@ class RefinementHead(nn.Module):
         y = y + self.delta(update)
         return y, z, self.halt(update.mean(dim=1)).squeeze(-1).float()
 
-    def forward(self, x: torch.Tensor, num_steps: int, halt_threshold: float | None = None) -> RefinementTrace:
+    def forward(self, x: torch.Tensor, num_steps: int, halt_threshold: float | None = None,
+                early_exit: bool = True) -> RefinementTrace:
         """Refine chunk states x: [M, C, H] for `num_steps` steps.
 
         With `halt_threshold`, a chunk stops once sigmoid(halt logit) >= threshold (inference):
-        later steps leave its y unchanged and its step count stops growing.
+        later steps leave its y unchanged and its step count stops growing. `early_exit=False` keeps
+        looping after every chunk halted (ZeRO-3 ranks must run the same number of forwards).
         """
         x_proj = self.x_in(x)
         y, z = x, self.z_init.to(x_proj.dtype).expand_as(x_proj)
@@ -104,6 +106,6 @@ class RefinementHead(nn.Module):
             confidence.append(halt)
             if halt_threshold is not None:
                 active = active & (torch.sigmoid(halt) < halt_threshold)
-                if not bool(active.any()):
+                if early_exit and not bool(active.any()):
                     break
         return RefinementTrace(states, confidence, steps)

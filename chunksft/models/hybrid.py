@@ -70,6 +70,7 @@ class HybridModel(PreTrainedModel):
         if config.train_mask_embedding:
             self.mask_embedding = nn.Parameter(
                 backbone.get_input_embeddings().weight[config.mask_token_id].detach().clone())
+        self.post_init()  # gathers the backbone's tied-weight keys (LM head <-> embeddings) for save/load
         if config.freeze_backbone:
             self.backbone.requires_grad_(False)
 
