@@ -127,6 +127,9 @@ class LoggingConfig:
     # Print the data debug view (masking statistics, chunks, per-chunk loss); DEBUG=1 also sets it.
     debug: bool = field(default=False, metadata=_RUN_ONLY)
     debug_rows: int = field(default=2, metadata=_RUN_ONLY)
+    debug_interval: int = field(default=50, metadata=_RUN_ONLY)  # the view prints at step 1 and every N steps
+    # Save the noise-free logits of the first held-out batch at the end (reference for exports).
+    save_eval_logits: bool = field(default=False, metadata=_RUN_ONLY)
     progress_bar: bool = field(default=True, metadata=_RUN_ONLY)
 
 
@@ -380,6 +383,7 @@ def validate(cfg: TrainConfig) -> None:
     need(c.save_interval >= 0, "checkpoint.save_interval", "must be >= 0 (0 = only at the end)")
     need(c.keep_last >= 1, "checkpoint.keep_last", "must keep at least 1 checkpoint")
     need(bool(c.resume), "checkpoint.resume", "must be auto, none or a checkpoint path")
+    need(cfg.logging.debug_interval >= 1, "logging.debug_interval", "must be >= 1")
 
 
 def help_text() -> str:

@@ -1,0 +1,261 @@
+"""Sharded DeepSpeed checkpoints with completion markers, keep-last-k and loud resume.
+
+Layout of a run's ``output_dir``::
+
+    checkpoints/global_step{N}/            engine.save_checkpoint(tag=...) of every rank
+    checkpoints/global_step{N}/COMPLETE    JSON marker written by rank 0 after all ranks saved
+    checkpoints/global_step{N}_universal/  DeepSpeed universal form (world-size change), + COMPLETE
+
+A tag counts only with its marker; the marker lists every file with its size, so a truncated or
+missing shard is detected before the engine touches it. Resume picks the newest tag that
+validates and fails with one clear line when tags exist but none is usable: a run never silently
+starts over. Every rank must call `save` and `load` (the engine's collectives run inside).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+MARKER = "COMPLETE"
+CHECKPOINTS = "checkpoints"
+UNIVERSAL_SUFFIX = "_universal"
+_TAG = re.compile(r"^global_step(\d+)$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint problem the user must act on; the message is one line with the fix."""
+
+
+def tag_for(step: int) -> str:
+    return f"global_step{step}"
+
+
+def step_of(tag: str) -> Optional[int]:
+    match = _TAG.match(tag)
+    return int(match.group(1)) if match else None
+
+
+def read_marker(tag_dir: str) -> Optional[dict]:
+    """The marker of a tag directory, or None when absent or unreadable (an incomplete save)."""
+    try:
+        with open(os.path.join(tag_dir, MARKER)) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def write_marker(tag_dir: str, meta: dict) -> None:
+    """Record `meta` plus the size of every file under `tag_dir`, atomically (tmp + rename)."""
+    files = {}
+    for root, _, names in os.walk(tag_dir):
+        for name in names:
+            if name != MARKER and not name.startswith(MARKER):
+                path = os.path.join(root, name)
+                files[os.path.relpath(path, tag_dir)] = os.path.getsize(path)
+    tmp = os.path.join(tag_dir, MARKER + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump({**meta, "files": files}, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, os.path.join(tag_dir, MARKER))
+
+
+def validate_tag(tag_dir: str) -> Optional[str]:
+    """None when the tag is complete and every file is intact; otherwise why not (one line).
+
+    Cheap: sizes from the marker, and every ``*.pt`` opened memory-mapped (a torch zip archive
+    whose tail is cut or garbled fails to open) without reading its data.
+    """
+    marker = read_marker(tag_dir)
+    if marker is None:
+        return f"{tag_dir}: no {MARKER} marker (the save did not finish)"
+    for rel, size in marker["files"].items():
+        path = os.path.join(tag_dir, rel)
+        if not os.path.isfile(path):
+            return f"{path}: missing"
+        if os.path.getsize(path) != size:
+            return f"{path}: {os.path.getsize(path)} bytes, the marker recorded {size}"
+        if path.endswith(".pt"):
+            try:
+                torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+            except Exception as exc:  # any unpickling / zip error means the shard is unusable
+                return f"{path}: unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+    return None
+
+
+def list_tags(ckpt_root: str) -> list[str]:
+    """Native tags ``global_step{N}`` under `ckpt_root`, newest first."""
+    if not os.path.isdir(ckpt_root):
+        return []
+    tags = [t for t in os.listdir(ckpt_root) if step_of(t) is not None and os.path.isdir(os.path.join(ckpt_root, t))]
+    return sorted(tags, key=step_of, reverse=True)
+
+
+# ---------------------------------------------------------------------------------------------- RNG
+def rng_state() -> dict[str, Any]:
+    """This process's python / numpy / torch (CPU and, when present, CUDA) RNG states."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------- resume
+@dataclass(frozen=True)
+class ResumePoint:
+    """What to load: `ckpt_root`/`tag`, and whether it is the universal form of a native tag."""
+    ckpt_root: str
+    tag: str
+    marker: dict
+    universal: bool
+
+
+def _candidates(resume: str, output_dir: str) -> tuple[str, list[str]]:
+    """(checkpoint root, native tags to try newest first) for a --resume value."""
+    if resume == "auto":
+        root = os.path.join(output_dir, CHECKPOINTS)
+        return root, list_tags(root)
+    path = os.path.abspath(resume.rstrip("/"))
+    if not os.path.exists(path):
+        raise CheckpointError(f"--resume {resume}: no such path; pass a run's output_dir, one of its "
+                              f"{CHECKPOINTS}/global_step<N> folders, auto or none")
+    if step_of(os.path.basename(path)) is not None:
+        return os.path.dirname(path), [os.path.basename(path)]
+    root = path if os.path.basename(path) == CHECKPOINTS else os.path.join(path, CHECKPOINTS)
+    tags = list_tags(root)
+    if not tags:
+        raise CheckpointError(f"--resume {resume}: no global_step<N> checkpoint under {root}")
+    return root, tags
+
+
+def newest_complete(resume: str, output_dir: str) -> Optional[tuple[str, str, dict]]:
+    """(checkpoint root, native tag, marker) of the newest valid checkpoint for `resume` (auto | path).
+
+    None when there is no checkpoint at all; CheckpointError when checkpoints exist but none is valid.
+    """
+    root, tags = _candidates(resume, output_dir)
+    problems = []
+    for tag in tags:
+        problem = validate_tag(os.path.join(root, tag))
+        if problem is None:
+            return root, tag, read_marker(os.path.join(root, tag))
+        problems.append(problem)
+    if not tags:
+        return None
+    raise CheckpointError(f"{root}: {len(tags)} checkpoint(s) but none is usable (newest problem: {problems[0]}); "
+                          "fix or remove them, or pass --resume none to start over deliberately")
+
+
+def find_resume(resume: str, output_dir: str, world_size: int) -> Optional[ResumePoint]:
+    """The checkpoint to resume for `resume` (auto | none | path), or None to start fresh.
+
+    Call on rank 0 only (it reads files and may convert) and broadcast the result. A checkpoint
+    saved by another number of ranks resolves to its universal form, converted here on first use.
+    Raises CheckpointError when checkpoints exist but none validates.
+    """
+    if resume == "none":
+        return None
+    found = newest_complete(resume, output_dir)
+    if found is None:
+        return None
+    root, tag, marker = found
+    if marker["world_size"] == world_size:
+        return ResumePoint(root, tag, marker, universal=False)
+    from chunksft.checkpoint.universal import convert_to_universal
+
+    universal_dir = convert_to_universal(os.path.join(root, tag))
+    return ResumePoint(root, os.path.basename(universal_dir), marker, universal=True)
+
+
+def check_config_hash(point: ResumePoint, config_hash: str, config: dict, allow_mismatch: bool) -> Optional[str]:
+    """Raise when the checkpoint's config hash differs (unless allowed); returns a warning line or None."""
+    saved = point.marker.get("config_hash")
+    if saved == config_hash:
+        return None
+    old = point.marker.get("config", {})
+    changed = sorted(f"{section}.{key}" for section, body in config.items() for key, value in body.items()
+                     if old.get(section, {}).get(key, value) != value)
+    detail = f"changed: {', '.join(changed)}" if changed else "changed fields unknown"
+    line = (f"{os.path.join(point.ckpt_root, point.tag)} was written with config hash {saved}, this run has "
+            f"{config_hash} ({detail})")
+    if not allow_mismatch:
+        raise CheckpointError(line + "; restore those values or pass --allow_config_mismatch true")
+    return "warning: " + line + "; continuing because --allow_config_mismatch is set"
+
+
+# ---------------------------------------------------------------------------------------------- manager
+class CheckpointManager:
+    """Saves and prunes the checkpoints of one run; every rank constructs one."""
+
+    def __init__(self, output_dir: str, keep_last: int, *, rank: int, world_size: int):
+        self.root = os.path.join(output_dir, CHECKPOINTS)
+        self.keep_last, self.rank, self.world_size = keep_last, rank, world_size
+
+    def save(self, engine, step: int, client_state: dict, meta: dict) -> str:
+        """Save tag global_step{step} on every rank; rank 0 marks it complete after a barrier.
+
+        client_state goes into the engine checkpoint (restored by `load`); it gets every rank's
+        RNG states added here. meta (step, config hash, configs, ...) goes into the marker.
+        """
+        tag = tag_for(step)
+        tag_dir = os.path.join(self.root, tag)
+        if self.rank == 0:
+            # A leftover of an interrupted save of the same step must not mix with the new files.
+            shutil.rmtree(tag_dir, ignore_errors=True)
+            shutil.rmtree(tag_dir + UNIVERSAL_SUFFIX, ignore_errors=True)
+        dist.barrier()
+        states = [None] * self.world_size
+        dist.all_gather_object(states, rng_state())
+        engine.save_checkpoint(self.root, tag=tag, client_state={**client_state, "rng": states})
+        dist.barrier()
+        if self.rank == 0:
+            write_marker(tag_dir, {**meta, "step": step, "world_size": self.world_size, "time": time.time()})
+            self._prune()
+        dist.barrier()
+        return tag_dir
+
+    def _prune(self) -> None:
+        """Keep the newest `keep_last` complete tags; drop older ones and stale incomplete ones."""
+        tags = list_tags(self.root)
+        complete = [t for t in tags if read_marker(os.path.join(self.root, t)) is not None]
+        keep = set(complete[:self.keep_last])
+        oldest_kept = step_of(complete[min(len(complete), self.keep_last) - 1]) if complete else None
+        for tag in tags:
+            # Incomplete tags newer than the kept ones may be a save in flight elsewhere: keep them.
+            if tag in keep or (oldest_kept is not None and step_of(tag) > oldest_kept):
+                continue
+            shutil.rmtree(os.path.join(self.root, tag), ignore_errors=True)
+            shutil.rmtree(os.path.join(self.root, tag + UNIVERSAL_SUFFIX), ignore_errors=True)
+
+    def load(self, engine, point: ResumePoint) -> dict:
+        """Load `point` into the engine on every rank and restore this rank's RNG (same world size).
+
+        Returns the client state. With another world size (universal form) the RNG streams of the
+        old ranks do not map onto the new ones, so they are left as seeded by the caller.
+        """
+        load_path, client_state = engine.load_checkpoint(point.ckpt_root, tag=point.tag)
+        if load_path is None:
+            raise CheckpointError(f"{os.path.join(point.ckpt_root, point.tag)}: DeepSpeed could not load it; "
+                                  "pass --resume with an older tag or --resume none")
+        states = client_state.get("rng") or []
+        if not point.universal and len(states) == self.world_size:
+            set_rng_state(states[self.rank])
+        return client_state

@@ -1,0 +1,83 @@
+"""Process-group setup that works the same under the deepspeed launcher, torchrun and plain python.
+
+The accelerator is chosen here, before deepspeed is imported anywhere (deepspeed resolves its
+accelerator on import): CUDA + nccl when a GPU is visible, otherwise DeepSpeed's CPU accelerator +
+gloo. Every launcher exports RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT; a plain
+`python -m chunksft.train` gets a one-rank group on a free loopback port instead of deepspeed's MPI
+discovery (which would need mpi4py).
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def setup_distributed() -> DistInfo:
+    """Select the accelerator, initialise the process group, set the device and CPU threads."""
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    import deepspeed  # noqa: E402  (after DS_ACCELERATOR is set)
+
+    backend = "nccl" if cuda else "gloo"
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    world_size = dist.get_world_size()
+    # torchrun exports LOCAL_WORLD_SIZE, the deepspeed launcher LOCAL_SIZE.
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", world_size)))
+    if not cuda and "OMP_NUM_THREADS" not in os.environ:
+        # Ranks on one host share its cores; oversubscribing them slows every rank down.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world_size))
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    return DistInfo(dist.get_rank(), world_size, local_rank, local_world_size, device, backend)
+
+
+def all_mean(values: torch.Tensor) -> torch.Tensor:
+    """Elementwise mean of a float tensor over all ranks (a copy; the input is untouched)."""
+    out = values.detach().clone().float()
+    dist.all_reduce(out)
+    return out / dist.get_world_size()
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True when `flag` is True on at least one rank (every rank gets the same answer)."""
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
+def broadcast_from_main(obj: Any) -> Any:
+    """Rank 0's `obj` on every rank (pickled; for small decisions, not tensors)."""
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

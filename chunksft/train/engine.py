@@ -1,0 +1,153 @@
+"""The DeepSpeed ZeRO-3 engine: DeepSpeed config, model built partitioned, optimizer, LR schedule.
+
+The model is constructed inside `deepspeed.zero.Init` with an `HfDeepSpeedConfig` alive, so every
+parameter is partitioned the moment it is created and `from_pretrained` streams weights straight
+into the partitions: no rank ever holds the full model. Only trainable parameters (the refinement
+head with a frozen backbone) reach the optimizer.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from typing import Any
+
+import deepspeed
+import torch
+from transformers.integrations import HfDeepSpeedConfig
+
+from chunksft.models import HybridConfig, HybridModel
+from chunksft.train.config import REPO_ROOT, ConfigError, TrainConfig
+from chunksft.train.distributed import DistInfo
+
+# DeepSpeed keys that are derived from the train config; a JSON may leave them "auto".
+_DERIVED = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping")
+
+
+def resolve_path(path: str) -> str:
+    """A config-relative path: as given when it exists (cwd), else relative to the repository."""
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    return os.path.join(REPO_ROOT, path)
+
+
+def deepspeed_config(cfg: TrainConfig, world_size: int, *, load_universal: bool = False) -> dict[str, Any]:
+    """Read `training.deepspeed_config` and fill the entries owned by the train config.
+
+    train_batch_size = micro batch (training.batch_size) x gradient_accumulation_steps x world_size;
+    an explicit value in the JSON must agree, otherwise a one-line ConfigError names the key.
+    """
+    path = resolve_path(cfg.training.deepspeed_config)
+    try:
+        with open(path) as fh:
+            ds = json.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"training.deepspeed_config: {path} not found; use configs/deepspeed/zero3.json") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} line {exc.lineno}: invalid JSON ({exc.msg})") from None
+    t = cfg.training
+    wanted = {
+        "train_micro_batch_size_per_gpu": t.batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "train_batch_size": t.batch_size * t.gradient_accumulation_steps * world_size,
+        "gradient_clipping": t.max_grad_norm,
+    }
+    for key in _DERIVED:
+        given = ds.get(key, "auto")
+        if given != "auto" and given != wanted[key]:
+            raise ConfigError(f"{path}: {key} = {given} disagrees with the train config ({wanted[key]} = batch_size "
+                              f"{t.batch_size} x gradient_accumulation_steps {t.gradient_accumulation_steps} x world "
+                              f"{world_size}); set it to \"auto\"")
+        ds[key] = wanted[key]
+    for precision in ("bf16", "fp16"):
+        section = ds.setdefault(precision, {})
+        if section.get("enabled", "auto") == "auto":
+            section["enabled"] = cfg.model.dtype == {"bf16": "bfloat16", "fp16": "float16"}[precision]
+    stage = ds.get("zero_optimization", {}).get("stage")
+    if stage != 3:
+        raise ConfigError(f"{path}: zero_optimization.stage = {stage}; chunksft trains with ZeRO stage 3")
+    if load_universal:
+        ds.setdefault("checkpoint", {})["load_universal"] = True
+    return ds
+
+
+def hybrid_kwargs(cfg: TrainConfig, tokenizer) -> dict[str, Any]:
+    """HybridConfig fields that the train config decides (chunking, objective, head, backend)."""
+    return dict(chunk_size=cfg.objective.chunk_size, mask_probability=cfg.objective.mask_probability,
+                deep_supervision_weight=cfg.objective.deep_supervision_weight,
+                enable_deep_supervision=cfg.objective.enable_deep_supervision,
+                max_recursive_steps=cfg.model.max_recursive_steps, freeze_backbone=cfg.freeze_backbone,
+                backend=cfg.model.backend, mask_token_id=tokenizer.mask_token_id)
+
+
+def _is_hybrid_folder(path: str) -> bool:
+    config_file = os.path.join(path, "config.json")
+    if not os.path.isfile(config_file):
+        return False
+    with open(config_file) as fh:
+        return json.load(fh).get("model_type") == HybridConfig.model_type
+
+
+def build_model(cfg: TrainConfig, ds_config: dict[str, Any], tokenizer) -> tuple[HybridModel, HfDeepSpeedConfig]:
+    """The HybridModel with ZeRO-3 partitioned parameters.
+
+    Returns the model and the HfDeepSpeedConfig, which the caller must keep referenced for the
+    engine's lifetime: transformers finds it through a weak reference (ZeRO-3 aware loading and
+    weight init).
+    """
+    hf_ds = HfDeepSpeedConfig(ds_config)
+    kwargs = hybrid_kwargs(cfg, tokenizer)
+    dtype = getattr(torch, cfg.model.dtype)
+    source = cfg.model.name_or_path
+    if source is not None and os.path.isdir(source) and _is_hybrid_folder(source):
+        # from_pretrained opens zero.Init itself when HfDeepSpeedConfig is alive.
+        model = HybridModel.from_pretrained(source, dtype=dtype, **kwargs)
+    else:
+        with deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype):
+            if source is None:
+                config = HybridConfig(**kwargs)
+                if len(tokenizer) > config.backbone["vocab_size"]:
+                    raise ConfigError(f"data.tokenizer has {len(tokenizer)} tokens but the tiny backbone's vocabulary "
+                                      f"is {config.backbone['vocab_size']}; use the bundled tokenizer or set "
+                                      "model.name_or_path")
+                model = HybridModel(config)
+            else:
+                model = HybridModel.from_backbone(source, **kwargs)
+    return model, hf_ds
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, min_lr_ratio: float):
+    """LR multiplier for optimizer step s (0-based): linear warmup over `warmup_steps` (the first
+    step already uses 1/warmup_steps), then a cosine from 1 to `min_lr_ratio` at `total_steps`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def build_engine(cfg: TrainConfig, dist_info: DistInfo, tokenizer, total_steps: int, *,
+                 load_universal: bool = False):
+    """deepspeed.initialize over the partitioned model; returns (engine, hf_ds_config).
+
+    AdamW is torch's (no DeepSpeed op to compile on CPU); DeepSpeed wraps it in its ZeRO-3
+    optimizer, steps the LR schedule at every optimizer step and checkpoints both.
+    """
+    ds_config = deepspeed_config(cfg, dist_info.world_size, load_universal=load_universal)
+    model, hf_ds = build_model(cfg, ds_config, tokenizer)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ConfigError("model.freeze_backbone: nothing left to train (the model has no trainable parameter)")
+    t = cfg.training
+    optimizer = torch.optim.AdamW(trainable, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
+                                  weight_decay=t.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(t.warmup_steps, total_steps,
+                                                                           t.min_lr_ratio))
+    # deepspeed.initialize may edit the dict it is given.
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           model_parameters=trainable, config=copy.deepcopy(ds_config))
+    return engine, hf_ds

@@ -1,0 +1,334 @@
+"""The training loop on the ZeRO-3 engine: accumulation, NaN guard, eval, logging, checkpoints.
+
+Determinism (what exact resume relies on): every rank seeds python / numpy / torch with
+training.seed before the model is built (so ZeRO-3's partitioned init agrees across ranks), the
+data order is the stateful sampler's, and the noise of micro batch i on rank r comes from its own
+generator seeded by (seed, i, r), so it does not depend on what ran before in the process.
+"""
+from __future__ import annotations
+
+import os
+import random
+import sys
+import time
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from chunksft.checkpoint.manager import CheckpointError, CheckpointManager, check_config_hash, find_resume
+from chunksft.data import ChunkCollator, StatefulDistributedSampler, build_dataset, debug_view, load_tokenizer
+from chunksft.data.template import extract_answer
+from chunksft.ops.chunk_mask import ChunkMask
+from chunksft.train.config import TrainConfig
+from chunksft.train.distributed import DistInfo, all_mean, any_rank, broadcast_from_main
+from chunksft.train.engine import build_engine
+from chunksft.train.metrics import MetricsLogger
+
+# Stream tags of the noise generators: training micro batches and evaluation batches never share one.
+_TRAIN_STREAM, _EVAL_STREAM = 0, 1
+_MODEL_INPUTS = ("input_ids", "attention_mask", "src_mask", "prompt_lens")
+
+
+def noise_generator(seed: int, stream: int, index: int, rank: int) -> torch.Generator:
+    """A CPU generator for one batch, independent of every other (seed, stream, index, rank)."""
+    state = np.random.SeedSequence([seed, stream, index, rank]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class Trainer:
+    """One training run: `Trainer(cfg, dist_info).train()` on every rank."""
+
+    def __init__(self, cfg: TrainConfig, dist_info: DistInfo):
+        self.cfg, self.dist = cfg, dist_info
+        self.out_dir = cfg.training.output_dir
+        self.mode = cfg.objective.training_mode
+        seed_everything(cfg.training.seed)
+        os.makedirs(self.out_dir, exist_ok=True)
+        self.tokenizer = load_tokenizer(cfg.data.tokenizer)
+        self.train_set, self.eval_set = self._datasets()
+        self.sampler = StatefulDistributedSampler(self.train_set, dist_info.world_size, dist_info.rank,
+                                                  shuffle=True, seed=cfg.training.seed)
+        self.collate = ChunkCollator(self.tokenizer.pad_token_id, cfg.objective.chunk_size)
+        t = cfg.training
+        micro_per_epoch = -(-len(self.sampler) // t.batch_size)
+        self.total_steps = t.max_steps or max(1, t.num_epochs * micro_per_epoch // t.gradient_accumulation_steps)
+
+        self.resume_point = self._resolve_resume()
+        self.engine, self._hf_ds = build_engine(cfg, dist_info, self.tokenizer, self.total_steps,
+                                                load_universal=bool(self.resume_point and self.resume_point.universal))
+        self.model = self.engine.module
+        self.ckpt = CheckpointManager(self.out_dir, cfg.checkpoint.keep_last, rank=dist_info.rank,
+                                      world_size=dist_info.world_size)
+        self.step, self.epoch, self.micro_index, self.skipped = 0, 0, 0, 0
+        if self.resume_point is not None:
+            self._load(self.resume_point)
+        self.logger = MetricsLogger(self.out_dir, start_step=self.step,
+                                    tensorboard=cfg.logging.tensorboard) if dist_info.is_main else None
+
+    # ------------------------------------------------------------------------------ setup
+    def _datasets(self):
+        d, o = self.cfg.data, self.cfg.objective
+        common = dict(tokenizer=self.tokenizer, chunk_size=o.chunk_size, max_length=d.max_length,
+                      format=d.dataset_format, overflow=d.overlong)
+        train, train_stats = build_dataset(d.dataset_name, split=d.train_split, **common)
+        eval_rows = max(d.eval_loss_rows, d.eval_generate_rows)
+        held_out, eval_stats = build_dataset(d.dataset_name, split=d.eval_split, max_rows=eval_rows, **common) \
+            if eval_rows else (None, None)
+        self.print(f"data: {train_stats.summary()}")
+        if eval_stats is not None:
+            self.print(f"held-out data: {eval_stats.summary()}")
+        return train, held_out
+
+    def _resolve_resume(self):
+        """Rank 0 picks (and if needed converts) the checkpoint; every rank gets the same answer or error."""
+        c = self.cfg.checkpoint
+        decision = None
+        if self.dist.is_main:
+            try:
+                decision = find_resume(c.resume, self.out_dir, self.dist.world_size)
+            except CheckpointError as exc:
+                decision = exc
+        decision = broadcast_from_main(decision)
+        if isinstance(decision, Exception):
+            raise decision
+        if decision is not None:
+            warning = check_config_hash(decision, self.cfg.hash(), self.cfg.to_dict(), c.allow_config_mismatch)
+            if warning:
+                self.print(warning)
+        return decision
+
+    def _load(self, point) -> None:
+        state = self.ckpt.load(self.engine, point)
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.micro_index, self.skipped = state["micro_index"], state["skipped"]
+        self.sampler.load_state_dict(state["sampler"])
+        if state["sampler"]["consumed"] >= state["sampler"]["dataset_len"]:
+            self.epoch += 1  # saved right at the end of an epoch: continue with the next one
+        where = "universal " if point.universal else ""
+        self.print(f"resumed from {where}checkpoint {os.path.join(point.ckpt_root, point.tag)} at step {self.step} "
+                   f"(saved by {point.marker['world_size']} ranks, now {self.dist.world_size})")
+
+    def print(self, *args) -> None:
+        if self.dist.is_main:
+            print(*args, flush=True)
+
+    # ------------------------------------------------------------------------------ data
+    def _batches(self) -> Iterator[dict]:
+        """Endless stream of this rank's micro batches across epochs; keeps self.epoch current."""
+        loader = DataLoader(self.train_set, batch_size=self.cfg.training.batch_size, sampler=self.sampler,
+                            collate_fn=self.collate, num_workers=0)
+        while True:
+            self.sampler.set_epoch(self.epoch)
+            yield from loader
+            self.epoch += 1
+
+    def _inputs(self, batch: dict) -> dict:
+        return {k: batch[k].to(self.dist.device) for k in _MODEL_INPUTS}
+
+    # ------------------------------------------------------------------------------ train
+    def train(self) -> dict:
+        cfg, t = self.cfg, self.cfg.training
+        self.print("resolved config (hash %s):\n%s" % (cfg.hash(), cfg.to_yaml().rstrip()))
+        n_params = sum(p.ds_numel for p in self.model.parameters())
+        n_train = sum(p.ds_numel for p in self.model.parameters() if p.requires_grad)
+        self.print(f"model: {n_params:,} parameters ({n_train:,} trainable), ZeRO-3 over {self.dist.world_size} "
+                   f"rank(s), {self.dist.backend}; {self.total_steps} optimizer steps of "
+                   f"{t.batch_size}x{t.gradient_accumulation_steps}x{self.dist.world_size} rows")
+        if t.eval_at_start:
+            self.evaluate()
+        stop = min(self.total_steps, t.stop_at_step or self.total_steps)
+        stream = self._batches()
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.dist.is_main and cfg.logging.progress_bar),
+                   dynamic_ncols=True, mininterval=2.0, file=sys.stdout)
+        nonfinite_run = 0
+        started = time.time()
+        while self.step < stop:
+            sums: dict[str, float] = {}
+            done_micro = 0
+            while done_micro < t.gradient_accumulation_steps:
+                batch = next(stream)
+                generator = noise_generator(t.seed, _TRAIN_STREAM, self.micro_index, self.dist.rank)
+                self.micro_index += 1
+                out = self.engine(**self._inputs(batch), training_mode=self.mode, generator=generator,
+                                  return_logits=False)
+                # Every rank must agree, or the ZeRO-3 collectives of backward would deadlock.
+                if any_rank(not bool(torch.isfinite(out.loss.detach()).all()), self.dist.device):
+                    self.skipped += 1
+                    nonfinite_run += 1
+                    self.print(f"step {self.step + 1}: non-finite loss, batch skipped ({nonfinite_run} in a row, "
+                               f"{self.skipped} in total)")
+                    if nonfinite_run >= t.max_nonfinite_in_a_row:
+                        raise NonFiniteLossError(
+                            f"{nonfinite_run} non-finite losses in a row at step {self.step + 1}; the last checkpoint "
+                            f"is intact: lower training.learning_rate or check the data, then resume")
+                    continue
+                nonfinite_run = 0
+                if cfg.logging.debug and self.dist.is_main and done_micro == 0 and \
+                        (self.step == 0 or (self.step + 1) % cfg.logging.debug_interval == 0):
+                    print(self._debug_text(batch, out), flush=True)
+                self.engine.backward(out.loss)
+                self.engine.step()
+                for key, value in {"loss": out.loss, **out.metrics}.items():
+                    sums[key] = sums.get(key, 0.0) + float(value.detach())
+                done_micro += 1
+            self.step += 1
+            keys = sorted(sums)
+            means = all_mean(torch.tensor([sums[k] / t.gradient_accumulation_steps for k in keys]))
+            row = {"step": self.step, **dict(zip(keys, means.tolist())), "lr": self.engine.get_lr()[0],
+                   "epoch": self.epoch, "skipped": self.skipped, "time": round(time.time() - started, 3)}
+            grad_norm = self.engine.get_global_grad_norm()
+            if grad_norm is not None:
+                row["grad_norm"] = float(grad_norm)
+            if self.logger is not None:
+                self.logger.log("metrics", row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", refresh=False)
+            if cfg.checkpoint.save_interval and self.step % cfg.checkpoint.save_interval == 0:
+                self.save()
+            if t.eval_interval and self.step % t.eval_interval == 0 and self.step < self.total_steps:
+                self.evaluate()
+        bar.close()
+        if self.step == stop and not (cfg.checkpoint.save_interval and self.step % cfg.checkpoint.save_interval == 0):
+            self.save()
+        result = self.evaluate() if self.step >= self.total_steps else {}
+        if cfg.logging.save_eval_logits and self.step >= self.total_steps:
+            self._save_eval_logits()
+        if self.logger is not None:
+            plot = self.logger.close(cfg.logging.plot)
+            if plot:
+                self.print(f"loss curve: {plot}")
+        return result
+
+    def save(self) -> None:
+        state = {"step": self.step, "epoch": self.epoch, "micro_index": self.micro_index, "skipped": self.skipped,
+                 "sampler": self.sampler.state_dict(), "config_hash": self.cfg.hash()}
+        meta = {"config_hash": self.cfg.hash(), "config": self.cfg.to_dict(), "epoch": self.epoch,
+                "model_config": self.model.config.to_dict(), "tokenizer": self.cfg.data.tokenizer}
+        path = self.ckpt.save(self.engine, self.step, state, meta)
+        self.print(f"saved checkpoint {path}")
+
+    # ------------------------------------------------------------------------------ eval
+    def _debug_text(self, batch: dict, out) -> str:
+        """The DEBUG=1 view: data view of the masked batch + per-chunk loss and current prediction."""
+        if out.chunk_masked is None:  # diffusion modes: token-level noise, no chunks
+            return (f"[debug] step {self.step + 1}: masked tokens {float(out.metrics['masked_tokens']):.0f}, "
+                    f"mean p_mask {float(out.metrics['p_mask']):.3f}")
+        c = self.cfg.objective.chunk_size
+        lines = [debug_view(batch, ChunkMask(out.noisy_input_ids.cpu(), out.labels.cpu(), out.chunk_masked.cpu()),
+                            self.tokenizer, chunk_size=c, max_rows=self.cfg.logging.debug_rows)]
+        lines.append("[debug] per-chunk loss and current prediction:")
+        for m in range(min(4, out.chunk_index.shape[0])):
+            row, chunk = out.chunk_index[m].tolist()
+            predicted = self.tokenizer.decode(out.chunk_predictions[m].tolist()).replace("\n", "\\n")
+            truth = self.tokenizer.decode(out.chunk_targets[m].tolist()).replace("\n", "\\n")
+            lines.append(f"  row {row} chunk {chunk}: ce {float(out.chunk_ce[m]):.3f}  pred {predicted!r}  "
+                         f"truth {truth!r}")
+        return "\n".join(lines)
+
+    def _eval_batches(self, rows: int) -> Iterator[dict]:
+        for start in range(0, rows, self.cfg.training.batch_size):
+            stop = min(rows, start + self.cfg.training.batch_size)
+            yield self.collate([self.eval_set[i] for i in range(start, stop)])
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Held-out loss and answer accuracy (without / with refinement) at the current step.
+
+        The loss runs the same batches with the same noise on every rank (ZeRO-3 needs every rank
+        in each forward anyway), so it does not depend on the world size; generation is sharded.
+        """
+        d = self.cfg.data
+        self.model.eval()
+        result: dict = {"step": self.step}
+        n_loss = min(d.eval_loss_rows, len(self.eval_set)) if self.eval_set is not None else 0
+        if n_loss:
+            total, rows = 0.0, 0
+            for i, batch in enumerate(self._eval_batches(n_loss)):
+                out = self.engine(**self._inputs(batch), training_mode=self.mode, return_logits=False,
+                                  generator=noise_generator(self.cfg.training.seed, _EVAL_STREAM, i, 0))
+                total += float(out.loss) * batch["input_ids"].shape[0]
+                rows += batch["input_ids"].shape[0]
+            result["eval_loss"] = total / rows
+        n_gen = min(d.eval_generate_rows, len(self.eval_set)) if self.eval_set is not None else 0
+        if n_gen:
+            result.update(self._accuracy(n_gen, refine=False))
+            if self.mode == "chunk_sft":
+                result.update(self._accuracy(n_gen, refine=True))
+        self.model.train()
+        if self.logger is not None:
+            self.logger.log("eval", result)
+        self.print(format_eval(result))
+        return result
+
+    def _accuracy(self, rows: int, refine: bool) -> dict:
+        """Exact-match accuracy of the generated <answer> over the first `rows` held-out rows."""
+        w, r = self.dist.world_size, self.dist.rank
+        mine = list(range(r, rows, w))
+        per_rank = -(-rows // w)
+        # Equal shard sizes keep the ranks' generate forwards in lockstep; padding rows are not counted.
+        padded = mine + [mine[0] if mine else 0] * (per_rank - len(mine))
+        correct, steps_sum, chunks = 0.0, 0.0, 0.0
+        for start in range(0, per_rank, self.cfg.training.batch_size):
+            index = padded[start:start + self.cfg.training.batch_size]
+            counted = [start + k < len(mine) for k in range(len(index))]
+            items = [self.eval_set[i] for i in index]
+            prompts = [item["input_ids"][:item["prompt_len"]] for item in items]
+            out = self.model.generate_with_refinement(
+                prompts, max_length=max(map(len, prompts)) + self.cfg.data.max_new_tokens,
+                enable_refinement=refine, synced_ranks=True)
+            for item, response, steps, keep in zip(items, out.responses, out.chunk_steps, counted):
+                if not keep:
+                    continue
+                predicted = extract_answer(self.tokenizer.decode(response))
+                correct += float(predicted is not None and predicted == item["answer"].strip())
+                steps_sum += sum(steps)
+                chunks += len(steps)
+        totals = all_mean(torch.tensor([correct, steps_sum, chunks])) * w
+        key = "accuracy_refined" if refine else "accuracy"
+        result = {key: float(totals[0]) / rows}
+        if refine:
+            result["mean_refinement_steps"] = float(totals[1] / max(totals[2], 1.0))
+        return result
+
+    def _save_eval_logits(self) -> None:
+        """output_dir/eval_logits.pt: plain (noise-free) logits of the first held-out batch, to check exports."""
+        batch = next(self._eval_batches(min(len(self.eval_set), self.cfg.training.batch_size)))
+        self.model.eval()
+        with torch.no_grad():
+            logits = self.model(input_ids=batch["input_ids"].to(self.dist.device),
+                                attention_mask=batch["attention_mask"].to(self.dist.device)).logits
+        if self.dist.is_main:
+            torch.save({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+                        "logits": logits.float().cpu()}, os.path.join(self.out_dir, "eval_logits.pt"))
+
+
+def format_eval(result: dict) -> str:
+    """One-line eval summary, or the accuracy table when generation ran."""
+    head = f"eval @ step {result['step']}:"
+    if "eval_loss" in result:
+        head += f" held-out loss {result['eval_loss']:.4f}"
+    if "accuracy" not in result:
+        return head
+    lines = [head, "  | held-out answer accuracy | without refinement | with refinement | mean refinement steps |",
+             "  |---|---|---|---|"]
+    refined = f"{result['accuracy_refined']:.1%}" if "accuracy_refined" in result else "-"
+    steps = f"{result['mean_refinement_steps']:.2f}" if "mean_refinement_steps" in result else "-"
+    lines.append(f"  | step {result['step']} | {result['accuracy']:.1%} | {refined} | {steps} |")
+    return "\n".join(lines)
+
+
+def run(cfg: TrainConfig, dist_info: DistInfo) -> Optional[dict]:
+    return Trainer(cfg, dist_info).train()
