@@ -76,8 +76,13 @@ class HybridModel(PreTrainedModel):
 
     @classmethod
     def from_backbone(cls, backbone, **hybrid_kwargs) -> "HybridModel":
-        """Wrap a transformers decoder: a model object, a hub name / local path, or a config."""
-        if isinstance(backbone, str):
+        """Wrap a transformers decoder: a model object, a hub name / local path (LLaDA checkpoints are
+        converted to the Llama layout), or a config."""
+        from chunksft.models.llada import is_llada_checkpoint, load_llada
+
+        if isinstance(backbone, str) and is_llada_checkpoint(backbone):
+            backbone = load_llada(backbone, attn_implementation=ATTN_IMPLEMENTATION)
+        elif isinstance(backbone, str):
             backbone = AutoModelForCausalLM.from_pretrained(backbone, attn_implementation=ATTN_IMPLEMENTATION)
         elif not isinstance(backbone, PreTrainedModel):
             backbone = AutoModelForCausalLM.from_config(backbone, attn_implementation=ATTN_IMPLEMENTATION)
