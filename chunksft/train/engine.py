@@ -100,20 +100,20 @@ def build_model(cfg: TrainConfig, ds_config: dict[str, Any], tokenizer) -> tuple
     kwargs = hybrid_kwargs(cfg, tokenizer)
     dtype = getattr(torch, cfg.model.dtype)
     source = cfg.model.name_or_path
-    if source is not None and os.path.isdir(source) and _is_hybrid_folder(source):
-        # from_pretrained opens zero.Init itself when HfDeepSpeedConfig is alive.
+    # With the HfDeepSpeedConfig alive, transformers opens zero.Init itself in `_from_config` /
+    # `from_pretrained` and initialises (or loads) every partition gathered module by module.
+    if source is None:
+        config = HybridConfig(**kwargs)
+        if len(tokenizer) > config.backbone["vocab_size"]:
+            raise ConfigError(f"data.tokenizer has {len(tokenizer)} tokens but the tiny backbone's vocabulary is "
+                              f"{config.backbone['vocab_size']}; use the bundled tokenizer or set model.name_or_path")
+        model = HybridModel._from_config(config, dtype=dtype)
+    elif os.path.isdir(source) and _is_hybrid_folder(source):
         model = HybridModel.from_pretrained(source, dtype=dtype, **kwargs)
     else:
+        # from_backbone loads the backbone partitioned; the head is built here under the same Init.
         with deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype):
-            if source is None:
-                config = HybridConfig(**kwargs)
-                if len(tokenizer) > config.backbone["vocab_size"]:
-                    raise ConfigError(f"data.tokenizer has {len(tokenizer)} tokens but the tiny backbone's vocabulary "
-                                      f"is {config.backbone['vocab_size']}; use the bundled tokenizer or set "
-                                      "model.name_or_path")
-                model = HybridModel(config)
-            else:
-                model = HybridModel.from_backbone(source, **kwargs)
+            model = HybridModel.from_backbone(source, **kwargs)
     return model, hf_ds
 
 

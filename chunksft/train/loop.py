@@ -7,6 +7,7 @@ generator seeded by (seed, i, r), so it does not depend on what ran before in th
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import sys
@@ -142,10 +143,10 @@ class Trainer:
     def train(self) -> dict:
         cfg, t = self.cfg, self.cfg.training
         self.print("resolved config (hash %s):\n%s" % (cfg.hash(), cfg.to_yaml().rstrip()))
-        n_params = sum(p.ds_numel for p in self.model.parameters())
-        n_train = sum(p.ds_numel for p in self.model.parameters() if p.requires_grad)
-        self.print(f"model: {n_params:,} parameters ({n_train:,} trainable), ZeRO-3 over {self.dist.world_size} "
-                   f"rank(s), {self.dist.backend}; {self.total_steps} optimizer steps of "
+        info = self._run_info()
+        self.print(f"model: {info['parameters']:,} parameters ({info['trainable']:,} trainable), ZeRO-3 over "
+                   f"{self.dist.world_size} rank(s) holding {info['local_elements']} elements each, "
+                   f"{self.dist.backend}; {self.total_steps} optimizer steps of "
                    f"{t.batch_size}x{t.gradient_accumulation_steps}x{self.dist.world_size} rows")
         if t.eval_at_start:
             self.evaluate()
@@ -157,6 +158,7 @@ class Trainer:
         started = time.time()
         while self.step < stop:
             sums: dict[str, float] = {}
+            lr = self.engine.get_lr()[0]  # the rate this step's update uses (the schedule advances in step())
             done_micro = 0
             while done_micro < t.gradient_accumulation_steps:
                 batch = next(stream)
@@ -187,7 +189,7 @@ class Trainer:
             self.step += 1
             keys = sorted(sums)
             means = all_mean(torch.tensor([sums[k] / t.gradient_accumulation_steps for k in keys]))
-            row = {"step": self.step, **dict(zip(keys, means.tolist())), "lr": self.engine.get_lr()[0],
+            row = {"step": self.step, **dict(zip(keys, means.tolist())), "lr": lr,
                    "epoch": self.epoch, "skipped": self.skipped, "time": round(time.time() - started, 3)}
             grad_norm = self.engine.get_global_grad_norm()
             if grad_norm is not None:
@@ -211,6 +213,22 @@ class Trainer:
             if plot:
                 self.print(f"loss curve: {plot}")
         return result
+
+    def _run_info(self) -> dict:
+        """Sizes of the run, also written to output_dir/run_info.json: total and trainable parameters,
+        and the parameter elements each rank actually stores (its ZeRO-3 partitions)."""
+        params = list(self.model.parameters())
+        local = torch.tensor([float(sum(p.ds_tensor.numel() for p in params))])
+        gathered = [torch.zeros(1) for _ in range(self.dist.world_size)]
+        torch.distributed.all_gather(gathered, local)
+        info = {"world_size": self.dist.world_size, "parameters": sum(p.ds_numel for p in params),
+                "trainable": sum(p.ds_numel for p in params if p.requires_grad),
+                "local_elements": [int(x.item()) for x in gathered], "config_hash": self.cfg.hash(),
+                "total_steps": self.total_steps, "start_step": self.step}
+        if self.dist.is_main:
+            with open(os.path.join(self.out_dir, "run_info.json"), "w") as fh:
+                json.dump(info, fh, indent=1)
+        return info
 
     def save(self) -> None:
         state = {"step": self.step, "epoch": self.epoch, "micro_index": self.micro_index, "skipped": self.skipped,
