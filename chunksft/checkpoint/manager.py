@@ -186,7 +186,11 @@ def find_resume(resume: str, output_dir: str, world_size: int) -> Optional[Resum
 
 
 def check_config_hash(point: ResumePoint, config_hash: str, config: dict, allow_mismatch: bool) -> Optional[str]:
-    """Raise when the checkpoint's config hash differs (unless allowed); returns a warning line or None."""
+    """Raise when the checkpoint's config hash differs (unless allowed); returns a warning line or None.
+
+    config: this run's hashed fields ({section: {key: value}}); the keys whose values differ from
+    the configuration recorded in the marker are named in the message.
+    """
     saved = point.marker.get("config_hash")
     if saved == config_hash:
         return None

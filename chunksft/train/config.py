@@ -63,11 +63,16 @@ class DataConfig:
     max_length: int = 512
     overlong: Literal["truncate", "skip"] = "truncate"
     train_split: str = "train"
-    eval_split: str = "validation"
+    # Held-out rows: eval_dataset_name (None = dataset_name) at eval_split. A local file is its own
+    # single split, so a local training file needs a separate held-out file here.
+    eval_dataset_name: Optional[str] = field(default=None, metadata=_RUN_ONLY)
+    eval_split: str = field(default="validation", metadata=_RUN_ONLY)
     # Held-out rows used for the eval loss and for the generation accuracy (0 = none).
-    eval_loss_rows: int = 64
-    eval_generate_rows: int = 32
-    max_new_tokens: int = 128
+    eval_loss_rows: int = field(default=64, metadata=_RUN_ONLY)
+    eval_generate_rows: int = field(default=32, metadata=_RUN_ONLY)
+    # Prompts per generate call (generation cost is per forward, nearly flat in the batch size).
+    generate_batch_size: int = field(default=64, metadata=_RUN_ONLY)
+    max_new_tokens: int = field(default=128, metadata=_RUN_ONLY)
 
 
 @dataclass
@@ -149,13 +154,9 @@ class TrainConfig:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def hash(self) -> str:
-        """Stable 16-hex-digit digest of every field that changes what training computes.
-
-        Paths, save/eval cadence, resume and logging fields are excluded (``metadata={"hash":
-        False}``), so a run can be resumed into another folder or with another save interval.
-        """
-        payload = {
+    def hashed_dict(self) -> dict[str, dict[str, Any]]:
+        """The fields that change what training computes (those without ``metadata={"hash": False}``)."""
+        return {
             section.name: {
                 f.name: getattr(getattr(self, section.name), f.name)
                 for f in dataclasses.fields(getattr(self, section.name))
@@ -163,7 +164,14 @@ class TrainConfig:
             }
             for section in dataclasses.fields(self)
         }
-        blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+
+    def hash(self) -> str:
+        """Stable 16-hex-digit digest of `hashed_dict`.
+
+        Paths, save/eval cadence, evaluation, resume and logging fields are excluded, so a run can
+        be resumed into another folder, with another save interval or another eval set.
+        """
+        blob = json.dumps(self.hashed_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @property
@@ -366,6 +374,7 @@ def validate(cfg: TrainConfig) -> None:
     need(d.eval_loss_rows >= 0, "data.eval_loss_rows", "must be >= 0 (0 disables the eval loss)")
     need(d.eval_generate_rows >= 0, "data.eval_generate_rows", "must be >= 0 (0 disables the accuracy eval)")
     need(d.max_new_tokens > 0, "data.max_new_tokens", "must be positive, e.g. 128")
+    need(d.generate_batch_size > 0, "data.generate_batch_size", "must be positive, e.g. 64")
     need(t.batch_size > 0, "training.batch_size", "must be a positive micro batch per rank, e.g. 8")
     need(t.gradient_accumulation_steps > 0, "training.gradient_accumulation_steps", "must be >= 1")
     need(t.num_epochs > 0, "training.num_epochs", "must be >= 1")

@@ -86,8 +86,10 @@ class Trainer:
                       format=d.dataset_format, overflow=d.overlong)
         train, train_stats = build_dataset(d.dataset_name, split=d.train_split, **common)
         eval_rows = max(d.eval_loss_rows, d.eval_generate_rows)
-        held_out, eval_stats = build_dataset(d.dataset_name, split=d.eval_split, max_rows=eval_rows, **common) \
-            if eval_rows else (None, None)
+        held_out, eval_stats = (None, None)
+        if eval_rows:
+            held_out, eval_stats = build_dataset(d.eval_dataset_name or d.dataset_name, split=d.eval_split,
+                                                 max_rows=eval_rows, **common)
         self.print(f"data: {train_stats.summary()}")
         if eval_stats is not None:
             self.print(f"held-out data: {eval_stats.summary()}")
@@ -106,7 +108,7 @@ class Trainer:
         if isinstance(decision, Exception):
             raise decision
         if decision is not None:
-            warning = check_config_hash(decision, self.cfg.hash(), self.cfg.to_dict(), c.allow_config_mismatch)
+            warning = check_config_hash(decision, self.cfg.hash(), self.cfg.hashed_dict(), c.allow_config_mismatch)
             if warning:
                 self.print(warning)
         return decision
@@ -299,8 +301,8 @@ class Trainer:
         # Equal shard sizes keep the ranks' generate forwards in lockstep; padding rows are not counted.
         padded = mine + [mine[0] if mine else 0] * (per_rank - len(mine))
         correct, steps_sum, chunks = 0.0, 0.0, 0.0
-        for start in range(0, per_rank, self.cfg.training.batch_size):
-            index = padded[start:start + self.cfg.training.batch_size]
+        for start in range(0, per_rank, self.cfg.data.generate_batch_size):
+            index = padded[start:start + self.cfg.data.generate_batch_size]
             counted = [start + k < len(mine) for k in range(len(index))]
             items = [self.eval_set[i] for i in index]
             prompts = [item["input_ids"][:item["prompt_len"]] for item in items]

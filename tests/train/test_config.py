@@ -102,7 +102,8 @@ def test_hash_stable_and_ignores_run_only_fields():
     assert base == load_config([]).hash() == TrainConfig.hash(load_config([]))
     assert len(base) == 16
     same = load_config(["--output_dir", "/elsewhere", "--save_interval", "3", "--keep_last", "5",
-                        "--resume", "none", "--stop_at_step", "2", "--eval_interval", "9"])
+                        "--resume", "none", "--stop_at_step", "2", "--eval_interval", "9",
+                        "--eval_generate_rows", "3", "--eval_dataset_name", "x.jsonl"])
     assert same.hash() == base
     assert load_config(["--chunk_size", "8"]).hash() != base
     assert load_config(["--learning_rate", "0.5"]).hash() != base

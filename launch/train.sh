@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Launch chunksft training with the DeepSpeed launcher.
+#
+#   launch/train.sh                      the default job (make train): stage 1 masked-diffusion
+#                                        pretraining of the tiny backbone (tiny_pretrain.yaml), its
+#                                        export, stage 2 chunk_sft of the refinement head on the
+#                                        frozen backbone (tiny.yaml), then the held-out accuracy table
+#   launch/train.sh CONFIG [--key value ...]   one run of CONFIG (e.g. configs/train/qwen3_1.7b_sft.yaml)
+#
+# Environment (defaults: one node, 2 ranks, CPU + gloo when no GPU is visible):
+#   NPROC_PER_NODE  ranks per node (default: number of GPUs, else 2)
+#   NNODES          nodes (default 1)
+#   HOSTFILE        DeepSpeed hostfile ("host slots=N" lines); with NNODES > 1 and no NODE_RANK the
+#                   launcher starts every node over ssh (pdsh)
+#   NODE_RANK       this node's rank, for ssh-less clusters: run this script once per node with the
+#                   same MASTER_ADDR / MASTER_PORT (a hostfile of NNODES x NPROC_PER_NODE is made
+#                   when HOSTFILE is not given)
+#   MASTER_ADDR     rendezvous address (default 127.0.0.1), MASTER_PORT (default 29500)
+#   OUTPUT_ROOT     where the default job writes (default runs/)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python}
+if ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+    export DS_ACCELERATOR=cpu
+    DEFAULT_NPROC=2
+else
+    DEFAULT_NPROC=$("$PY" -c 'import torch; print(torch.cuda.device_count())')
+fi
+NPROC_PER_NODE=${NPROC_PER_NODE:-$DEFAULT_NPROC}
+NNODES=${NNODES:-1}
+MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
+MASTER_PORT=${MASTER_PORT:-29500}
+if [[ -n "${DS_ACCELERATOR:-}" ]]; then
+    # CPU ranks of one node share its cores: one thread each unless told otherwise.
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / NPROC_PER_NODE > 0 ? $(nproc) / NPROC_PER_NODE : 1 ))}
+fi
+
+launch() {  # launch ARGS... : python -m chunksft.train ARGS under the deepspeed launcher
+    local hostfile=${HOSTFILE:-}
+    local args=(--master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT")
+    if [[ -n "${NODE_RANK:-}" ]]; then
+        if [[ -z "$hostfile" ]]; then
+            hostfile=$(mktemp)
+            for ((n = 0; n < NNODES; n++)); do echo "node$n slots=$NPROC_PER_NODE"; done > "$hostfile"
+        fi
+        args+=(--hostfile "$hostfile" --no_ssh --node_rank "$NODE_RANK")
+    elif [[ -n "$hostfile" ]]; then
+        args+=(--hostfile "$hostfile" --num_nodes "$NNODES" --num_gpus "$NPROC_PER_NODE")
+    else
+        args+=(--num_gpus "$NPROC_PER_NODE")
+    fi
+    deepspeed "${args[@]}" --module chunksft.train "$@"
+}
+
+if [[ $# -gt 0 ]]; then
+    launch --config "$@"
+    exit
+fi
+
+# The default job.
+OUT=${OUTPUT_ROOT:-runs}
+launch --config configs/train/tiny_pretrain.yaml --output_dir "$OUT/tiny_pretrain"
+"$PY" -m chunksft.export --checkpoint "$OUT/tiny_pretrain" --output "$OUT/tiny_pretrain/hf"
+launch --config configs/train/tiny.yaml --output_dir "$OUT/tiny" --name_or_path "$OUT/tiny_pretrain/hf"
+"$PY" -m chunksft.export --checkpoint "$OUT/tiny" --output "$OUT/tiny/hf"
+echo "final held-out evaluation (also in $OUT/tiny/eval.jsonl):"
+"$PY" - "$OUT/tiny/eval.jsonl" <<'PYEOF'
+import json, sys
+from chunksft.train.loop import format_eval
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+print(format_eval(rows[-1]))
+PYEOF

@@ -1,0 +1,106 @@
+"""Checkpoint bookkeeping without a launcher: markers, validation, resume choice, pruning, config hash."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from chunksft.checkpoint.manager import (CheckpointError, CheckpointManager, check_config_hash, find_resume,
+                                         list_tags, newest_complete, validate_tag, write_marker)
+from chunksft.train.config import load_config
+
+
+def make_tag(root, step, *, complete=True, world_size=2, config_hash="h"):
+    tag_dir = root / "checkpoints" / f"global_step{step}"
+    tag_dir.mkdir(parents=True)
+    for rank in range(world_size):
+        torch.save({"step": step, "rank": rank}, tag_dir / f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt")
+    if complete:
+        write_marker(str(tag_dir), {"step": step, "world_size": world_size, "config_hash": config_hash,
+                                    "config": {"objective": {"chunk_size": 16}}})
+    return tag_dir
+
+
+def test_no_checkpoints_means_fresh_start(tmp_path):
+    assert find_resume("auto", str(tmp_path), 2) is None
+    make_tag(tmp_path, 3)
+    assert find_resume("none", str(tmp_path), 2) is None
+
+
+def test_newest_complete_tag_wins_and_incomplete_newer_is_skipped(tmp_path):
+    make_tag(tmp_path, 3)
+    make_tag(tmp_path, 6)
+    make_tag(tmp_path, 9, complete=False)
+    point = find_resume("auto", str(tmp_path), 2)
+    assert point.tag == "global_step6" and not point.universal
+    assert list_tags(str(tmp_path / "checkpoints")) == ["global_step9", "global_step6", "global_step3"]
+
+
+def test_explicit_path_to_a_run_or_a_tag(tmp_path):
+    make_tag(tmp_path, 3)
+    make_tag(tmp_path, 6)
+    assert find_resume(str(tmp_path), "/elsewhere", 2).tag == "global_step6"
+    assert find_resume(str(tmp_path / "checkpoints" / "global_step3"), "/elsewhere", 2).tag == "global_step3"
+    with pytest.raises(CheckpointError, match="no such path"):
+        find_resume(str(tmp_path / "nope"), str(tmp_path), 2)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garble", "delete"])
+def test_damaged_shard_is_detected(tmp_path, damage):
+    tag_dir = make_tag(tmp_path, 3)
+    shard = tag_dir / "zero_pp_rank_1_mp_rank_00_model_states.pt"
+    data = shard.read_bytes()
+    if damage == "truncate":
+        shard.write_bytes(data[: len(data) // 2])
+    elif damage == "garble":
+        shard.write_bytes(b"\0" * len(data))
+    else:
+        shard.unlink()
+    assert "zero_pp_rank_1" in validate_tag(str(tag_dir))
+
+
+def test_only_corrupt_checkpoints_fail_loudly(tmp_path):
+    for step in (3, 6):
+        tag_dir = make_tag(tmp_path, step)
+        (tag_dir / "zero_pp_rank_0_mp_rank_00_model_states.pt").write_bytes(b"not a checkpoint")
+    make_tag(tmp_path, 9, complete=False)
+    with pytest.raises(CheckpointError) as info:
+        find_resume("auto", str(tmp_path), 2)
+    message = str(info.value)
+    assert "3 checkpoint(s) but none is usable" in message and "--resume none" in message
+    assert "\n" not in message
+    with pytest.raises(CheckpointError):
+        newest_complete("auto", str(tmp_path))
+
+
+def test_prune_keeps_last_k_complete_and_newer_incomplete(tmp_path):
+    for step in (1, 2, 3, 4):
+        make_tag(tmp_path, step)
+    make_tag(tmp_path, 5, complete=False)
+    (tmp_path / "checkpoints" / "global_step1_universal").mkdir()
+    make_tag(tmp_path, 0, complete=False)  # a stale failed save older than everything kept
+    manager = CheckpointManager(str(tmp_path), keep_last=2, rank=0, world_size=1)
+    manager._prune()
+    assert list_tags(str(tmp_path / "checkpoints")) == ["global_step5", "global_step4", "global_step3"]
+    assert not (tmp_path / "checkpoints" / "global_step1_universal").exists()
+
+
+def test_config_hash_mismatch_names_changed_keys(tmp_path):
+    cfg = load_config([])
+    make_tag(tmp_path, 3, config_hash=cfg.hash())
+    point = find_resume("auto", str(tmp_path), 2)
+    assert check_config_hash(point, cfg.hash(), cfg.hashed_dict(), allow_mismatch=False) is None
+
+    other = load_config(["--chunk_size", "8"])
+    saved_config = cfg.to_dict()
+    marker_path = tmp_path / "checkpoints" / "global_step3" / "COMPLETE"
+    marker = json.loads(marker_path.read_text())
+    marker["config"] = saved_config
+    marker_path.write_text(json.dumps(marker))
+    point = find_resume("auto", str(tmp_path), 2)
+    with pytest.raises(CheckpointError) as info:
+        check_config_hash(point, other.hash(), other.hashed_dict(), allow_mismatch=False)
+    assert "objective.chunk_size" in str(info.value) and "--allow_config_mismatch" in str(info.value)
+    warning = check_config_hash(point, other.hash(), other.hashed_dict(), allow_mismatch=True)
+    assert warning.startswith("warning:") and "objective.chunk_size" in warning

@@ -1,0 +1,65 @@
+"""Real multi-process DeepSpeed ZeRO-3 runs on CPU (gloo), shared across the tests of this folder.
+
+Each launch costs 10-60 s on the 2-core machines, so every run is a session fixture that several
+tests inspect; all use a small slice of the bundled data.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from launching import BIN, HALF, STEPS, deepspeed_cmd, free_port, launch_pair, run
+
+
+@pytest.fixture(scope="session")
+def data_files(tmp_path_factory) -> dict[str, str]:
+    """64 training and 8 held-out rows of the bundled data as local jsonl files."""
+    from chunksft.data import ensure_bundled
+
+    bundled = ensure_bundled()
+    out = tmp_path_factory.mktemp("data")
+    for split, n in (("train", 64), ("validation", 8)):
+        lines = (bundled / f"{split}.jsonl").read_text().splitlines()[:n]
+        (out / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return {"train": str(out / "train.jsonl"), "validation": str(out / "validation.jsonl")}
+
+
+@pytest.fixture(scope="session")
+def train_flags(data_files) -> list[str]:
+    """Flags shared by every test run: 6 steps of 2 rows per rank, saves and evals at 3 and 6."""
+    return ["--config", "configs/train/tiny.yaml", "--dataset_name", data_files["train"],
+            "--eval_dataset_name", data_files["validation"], "--batch_size", "2", "--max_steps", str(STEPS),
+            "--warmup_steps", "2", "--save_interval", str(HALF), "--eval_interval", str(HALF), "--keep_last", "3",
+            "--eval_loss_rows", "4", "--eval_generate_rows", "2", "--max_new_tokens", "32",
+            "--progress_bar", "false", "--backend", "eager"]
+
+
+@pytest.fixture(scope="session")
+def run_a(tmp_path_factory, train_flags) -> Path:
+    """Uninterrupted reference: deepspeed launcher, one node, 2 ranks, steps 1..6."""
+    out = tmp_path_factory.mktemp("run_a")
+    run([*deepspeed_cmd(2), *train_flags, "--output_dir", str(out), "--save_eval_logits", "true"],
+        log=out / "launch.log")
+    return out
+
+
+@pytest.fixture(scope="session")
+def run_b(tmp_path_factory, train_flags) -> Path:
+    """Interrupted twin of run_a: torchrun steps 1..3 and stop; then a newer incomplete tag is faked
+    (a save killed midway); then two "nodes" (two deepspeed launcher invocations with node ranks
+    0 and 1, loopback rendezvous) resume in fresh processes and run steps 4..6."""
+    out = tmp_path_factory.mktemp("run_b")
+    run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "chunksft.train",
+         *train_flags, "--output_dir", str(out), "--stop_at_step", str(HALF)], log=out / "launch1.log")
+    ckpts = out / "checkpoints"
+    shutil.copytree(ckpts / f"global_step{HALF}", ckpts / "global_step5")
+    (ckpts / "global_step5" / "COMPLETE").unlink()
+    hostfile = out / "hostfile"
+    hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
+    port = str(free_port())
+    launch_pair([[str(BIN / "deepspeed"), "--hostfile", str(hostfile), "--no_ssh", "--node_rank", str(rank),
+                  "--master_addr", "127.0.0.1", "--master_port", port, "--module", "chunksft.train", *train_flags,
+                  "--output_dir", str(out)] for rank in (0, 1)])
+    return out
