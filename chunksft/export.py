@@ -65,7 +65,7 @@ def export(checkpoint: str, output: str, tag: str | None = None) -> str:
     backbone_dir = os.path.join(output, "backbone")
     model.backbone.config._attn_implementation = _STOCK_ATTENTION
     model.backbone.save_pretrained(backbone_dir)
-    tokenizer = load_tokenizer(marker.get("tokenizer"))
+    tokenizer = load_tokenizer(marker.get("tokenizer"), add_mask_token=True)
     tokenizer.save_pretrained(output)
     tokenizer.save_pretrained(backbone_dir)
     return output

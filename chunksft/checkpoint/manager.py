@@ -135,14 +135,14 @@ def _candidates(resume: str, output_dir: str) -> tuple[str, list[str]]:
         return root, list_tags(root)
     path = os.path.abspath(resume.rstrip("/"))
     if not os.path.exists(path):
-        raise CheckpointError(f"--resume {resume}: no such path; pass a run's output_dir, one of its "
-                              f"{CHECKPOINTS}/global_step<N> folders, auto or none")
+        raise CheckpointError(f"{resume}: no such path; pass a run's output_dir or one of its "
+                              f"{CHECKPOINTS}/global_step<N> folders (or --resume auto / none)")
     if step_of(os.path.basename(path)) is not None:
         return os.path.dirname(path), [os.path.basename(path)]
     root = path if os.path.basename(path) == CHECKPOINTS else os.path.join(path, CHECKPOINTS)
     tags = list_tags(root)
     if not tags:
-        raise CheckpointError(f"--resume {resume}: no global_step<N> checkpoint under {root}")
+        raise CheckpointError(f"{resume}: no global_step<N> checkpoint under {root}")
     return root, tags
 
 

@@ -103,17 +103,17 @@ def build_model(cfg: TrainConfig, ds_config: dict[str, Any], tokenizer) -> tuple
     # With the HfDeepSpeedConfig alive, transformers opens zero.Init itself in `_from_config` /
     # `from_pretrained` and initialises (or loads) every partition gathered module by module.
     if source is None:
-        config = HybridConfig(**kwargs)
-        if len(tokenizer) > config.backbone["vocab_size"]:
-            raise ConfigError(f"data.tokenizer has {len(tokenizer)} tokens but the tiny backbone's vocabulary is "
-                              f"{config.backbone['vocab_size']}; use the bundled tokenizer or set model.name_or_path")
-        model = HybridModel._from_config(config, dtype=dtype)
+        model = HybridModel._from_config(HybridConfig(**kwargs), dtype=dtype)
     elif os.path.isdir(source) and _is_hybrid_folder(source):
         model = HybridModel.from_pretrained(source, dtype=dtype, **kwargs)
     else:
         # from_backbone loads the backbone partitioned; the head is built here under the same Init.
         with deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype):
             model = HybridModel.from_backbone(source, **kwargs)
+    vocab = model.backbone.config.vocab_size
+    if len(tokenizer) > vocab:
+        raise ConfigError(f"data.tokenizer has {len(tokenizer)} tokens but the backbone's vocabulary is {vocab}; "
+                          "use the backbone's own tokenizer (model.name_or_path) or the bundled one with the tiny model")
     return model, hf_ds
 
 

@@ -58,7 +58,9 @@ class Trainer:
         self.mode = cfg.objective.training_mode
         seed_everything(cfg.training.seed)
         os.makedirs(self.out_dir, exist_ok=True)
-        self.tokenizer = load_tokenizer(cfg.data.tokenizer)
+        # Masked diffusion needs a mask token; HF tokenizers without one get it appended (the
+        # backbone's embedding rows past the tokenizer's length are free for it, checked in build_model).
+        self.tokenizer = load_tokenizer(cfg.data.tokenizer, add_mask_token=True)
         self.train_set, self.eval_set = self._datasets()
         self.sampler = StatefulDistributedSampler(self.train_set, dist_info.world_size, dist_info.rank,
                                                   shuffle=True, seed=cfg.training.seed)

@@ -99,4 +99,4 @@ def test_export_of_a_missing_checkpoint_is_one_line(tmp_path):
     proc = run(module_cmd("chunksft.export", "--checkpoint", str(tmp_path), "--output", str(tmp_path / "o")),
                check=False)
     assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0 and "no complete checkpoint" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "no global_step<N> checkpoint" in proc.stderr
