@@ -68,3 +68,43 @@ def kernel(obj: Any) -> Any:
 
 def next_power_of_2(n: int) -> int:
     return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def cuobjdump_path() -> str:
+    import triton
+
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+
+
+def compile_for(fn: Any, signature: dict[str, str], constexprs: dict[str, Any], arch: int, *,
+                num_warps: int, num_stages: int) -> dict[str, int]:
+    """Compile a kernel ahead of time for sm_<arch> (no GPU needed) and read its resource usage.
+
+    Returns {"REG", "STACK", "LOCAL", "SHARED"} from cuobjdump; STACK or LOCAL > 0 means spills.
+    Must run without TRITON_INTERPRET (the interpreter has no compiler).
+    """
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    jitted = kernel(fn)
+    signature = dict(signature)
+    for name in constexprs:
+        signature[name] = "constexpr"
+    src = ASTSource(jitted, signature, constexprs)
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                              options={"num_warps": num_warps, "num_stages": num_stages})
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        report = subprocess.run([cuobjdump_path(), "--dump-resource-usage", f.name], check=True,
+                                capture_output=True, text=True).stdout
+    usage = {}
+    for key in ("REG", "STACK", "SHARED", "LOCAL"):
+        match = re.search(rf"\b{key}:(\d+)", report)
+        usage[key] = int(match.group(1)) if match else -1
+    return usage

@@ -123,7 +123,7 @@ def chunk_attention_compact_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
 _LAYOUT_CODE = {"bidirectional": 0, "block_causal": 1, "bd3": 2, "compact": 3}
 # Layout and shape scalars are never value-specialised (Triton would turn e.g. LAYOUT == 1 or GROUP == 1
 # into constants), so the kernels compiled at run time are the ones the AOT spill test compiles.
-_SCALARS = ["H", "GROUP", "S", "L", "T", "NM", "C", "LAYOUT", "D"]
+_SCALARS = ["H", "GROUP", "S", "L", "T", "NM", "C", "LAYOUT", "D", "stride_cib"]
 
 
 @lazy_jit
@@ -146,39 +146,50 @@ def _position_meta(pos, in_range, P, L, T, C, CI_row, LAYOUT):
 
 
 @lazy_jit
-def _visible(q_block, q_clean, q_real, k_block, k_clean, k_valid, LAYOUT):
-    """`masks.visible` on broadcast tiles; single-stream layouts have every flag clean, so the bd3
-    clean-query rule is exactly block_causal there."""
-    clean_query = q_clean & k_clean & (k_block <= q_block)
-    noisy_query = (~q_clean) & ((k_clean & ((k_block < q_block) | ((q_block < 0) & (k_block < 0))))
-                                | ((~k_clean) & (k_block == q_block) & (q_block >= 0)))
-    return ((LAYOUT == 0) | clean_query | noisy_query) & q_real & k_valid
+def _row_keys(pos, in_range, P, SL, L, T, C, CI_row, LAYOUT):
+    """The keys each query row sees, as two intervals of global key positions.
 
-
-@lazy_jit
-def _key_tiles(q_block, q_clean, q_real, pos, P, SL, T, C, LAYOUT, BLOCK_N: tl.constexpr):
-    """Key tiles a query tile must visit: [noisy_lo, noisy_hi) then [clean_lo, clean_hi).
-
-    Each query sees a prefix of x_0 (clean_end) and, for x_t chunk queries, its own chunk in x_t.
-    The union over the tile is one interval per stream; the x_0 range starts after the x_t range so
-    a tile straddling the stream boundary is visited once.
+    Every layout's visible set is the query's own chunk in x_t ([own_lo, own_hi), empty unless the
+    query is an x_t chunk query) plus a prefix of x_0 ([T, clean_hi)), both cut at seq_lens; this is
+    `masks.visible` (& key validity) rewritten per row, so a tile's mask costs four compares per element.
     """
+    q_block, q_clean, q_token, q_real = _position_meta(pos, in_range, P, L, T, C, CI_row, LAYOUT)
     clean_end = tl.where(q_clean, P + (q_block + 1) * C, P + tl.maximum(q_block, 0) * C)
     clean_end = tl.where(LAYOUT == 0, SL, tl.minimum(clean_end, SL))
-    clean_end = tl.where(q_real, clean_end, 0)
+    clean_hi = tl.where(q_real, T + clean_end, 0)
     chunk_start = P + q_block * C
     own_lo = tl.where(LAYOUT == 3, (pos // C) * C, chunk_start)
     own_len = tl.minimum(tl.maximum(SL - chunk_start, 0), C)
     has_own = q_real & (~q_clean) & (q_block >= 0) & (own_len > 0)
+    own_lo = tl.where(has_own, own_lo, 0)
+    own_hi = tl.where(has_own, own_lo + own_len, 0)
+    return own_lo, own_hi, clean_hi
+
+
+@lazy_jit
+def _key_tiles(own_lo, own_hi, clean_hi, T, BLOCK_N: tl.constexpr):
+    """Key tiles a query tile must visit: [n_lo, n_hi) then [c_lo, c_hi).
+
+    The union of the rows' own-chunk intervals is one interval of x_t (the rows' chunks are
+    consecutive), the union of their x_0 prefixes is the longest prefix. The x_0 range starts after
+    the x_t range so a tile straddling the stream boundary is visited once.
+    """
+    has_own = own_hi > own_lo
     noisy_lo = tl.min(tl.where(has_own, own_lo, 1 << 30), axis=0)
-    noisy_hi = tl.max(tl.where(has_own, own_lo + own_len, 0), axis=0)
-    clean_hi = tl.max(clean_end, axis=0)
+    noisy_hi = tl.max(own_hi, axis=0)
+    last = tl.max(clean_hi, axis=0)
     has_noisy = noisy_hi > noisy_lo
     n_lo = tl.where(has_noisy, noisy_lo // BLOCK_N, 0)
     n_hi = tl.where(has_noisy, (noisy_hi + BLOCK_N - 1) // BLOCK_N, 0)
     c_lo = tl.maximum(T // BLOCK_N, n_hi)
-    c_hi = tl.where(clean_hi > 0, (T + clean_hi + BLOCK_N - 1) // BLOCK_N, 0)
+    c_hi = tl.where(last > T, (last + BLOCK_N - 1) // BLOCK_N, 0)
     return n_lo, n_hi, c_lo, c_hi
+
+
+@lazy_jit
+def _tile_mask(q_own_lo, q_own_hi, q_clean_hi, k_pos, T):
+    """Visibility of a tile from the query rows' intervals (any broadcastable orientation)."""
+    return ((k_pos >= q_own_lo) & (k_pos < q_own_hi)) | ((k_pos >= T) & (k_pos < q_clean_hi))
 
 
 @lazy_jit
@@ -229,20 +240,16 @@ def _query_tiles(k_block, k_clean, k_valid, pos, P, L, T, C, NM, CI_row, LAYOUT,
 
 
 @lazy_jit
-def _fwd_tile(acc, m_i, l_i, q, q_block, q_clean, q_real, kt, K_head, V_head, stride_ks, stride_vs,
-              P, SL, L, T, C, CI_row, LAYOUT, S, D, qk_scale, REC_row, RECORD: tl.constexpr,
-              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
+def _fwd_tile(acc, m_i, l_i, q, own_lo, own_hi, clean_hi, kt, K_head, V_head, stride_ks, stride_vs, S, T, D,
+              qk_scale, REC_row, RECORD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+              PRECISION: tl.constexpr):
     offs_n = kt * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    in_n = offs_n < S
-    k_block, k_clean, k_token, k_real = _position_meta(offs_n, in_n, P, L, T, C, CI_row, LAYOUT)
-    k_valid = k_real & (k_token < SL)
-    kv_mask = in_n[:, None] & (offs_d[None, :] < D)
+    kv_mask = (offs_n[:, None] < S) & (offs_d[None, :] < D)
     k = tl.load(K_head + offs_n[:, None] * stride_ks + offs_d[None, :], mask=kv_mask, other=0.0)
     v = tl.load(V_head + offs_n[:, None] * stride_vs + offs_d[None, :], mask=kv_mask, other=0.0)
     s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-    vis = _visible(q_block[:, None], q_clean[:, None], q_real[:, None], k_block[None, :], k_clean[None, :],
-                   k_valid[None, :], LAYOUT)
+    vis = _tile_mask(own_lo[:, None], own_hi[:, None], clean_hi[:, None], offs_n[None, :], T)
     s = tl.where(vis, s, float("-inf"))
     # m_i starts finite (-1e30), so fully masked rows give exp2(-inf) = 0, never inf - inf.
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -270,51 +277,45 @@ def _chunk_attn_fwd(Q, K, V, O, LSE, PL, SL_ptr, CI, REC,
     h = (pid_bh % H).to(tl.int64)
     P = tl.load(PL + b)
     SL = tl.load(SL_ptr + b)
-    CI_row = CI + b * stride_cib
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     in_m = offs_m < S
-    q_block, q_clean, q_token, q_real = _position_meta(offs_m, in_m, P, L, T, C, CI_row, LAYOUT)
+    qd_mask = in_m[:, None] & (offs_d[None, :] < D)
+    own_lo, own_hi, clean_hi = _row_keys(offs_m, in_m, P, SL, L, T, C, CI + b * stride_cib, LAYOUT)
     q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :],
-                mask=in_m[:, None] & (offs_d[None, :] < D), other=0.0)
+                mask=qd_mask, other=0.0)
     K_head = K + b * stride_kb + (h // GROUP) * stride_kh
     V_head = V + b * stride_vb + (h // GROUP) * stride_vh
     REC_row = REC + (b * tl.num_programs(0) + pid_m) * N_KT
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    n_lo, n_hi, c_lo, c_hi = _key_tiles(q_block, q_clean, q_real, offs_m, P, SL, T, C, LAYOUT, BLOCK_N)
-    for kt in range(n_lo, n_hi):
-        acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, q_block, q_clean, q_real, kt, K_head, V_head, stride_ks,
-                                  stride_vs, P, SL, L, T, C, CI_row, LAYOUT, S, D, qk_scale, REC_row, RECORD,
-                                  BLOCK_N, BLOCK_D, PRECISION)
-    for kt in range(c_lo, c_hi):
-        acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, q_block, q_clean, q_real, kt, K_head, V_head, stride_ks,
-                                  stride_vs, P, SL, L, T, C, CI_row, LAYOUT, S, D, qk_scale, REC_row, RECORD,
-                                  BLOCK_N, BLOCK_D, PRECISION)
+    n_lo, n_hi, c_lo, c_hi = _key_tiles(own_lo, own_hi, clean_hi, T, BLOCK_N)
+    n_noisy = n_hi - n_lo
+    # One loop over both ranges: separate loops each get their own pipelined copy and spill.
+    for i in range(0, n_noisy + tl.maximum(c_hi - c_lo, 0)):
+        kt = tl.where(i < n_noisy, n_lo + i, c_lo + i - n_noisy)
+        acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, own_lo, own_hi, clean_hi, kt, K_head, V_head, stride_ks,
+                                  stride_vs, S, T, D, qk_scale, REC_row, RECORD, BLOCK_N, BLOCK_D, PRECISION)
     seen = l_i > 0.0
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
     tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_os + offs_d[None, :],
-             out.to(O.dtype.element_ty), mask=in_m[:, None] & (offs_d[None, :] < D))
+             out.to(O.dtype.element_ty), mask=qd_mask)
     lse = tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), 0.0)
     tl.store(LSE + pid_bh.to(tl.int64) * S + offs_m, lse, mask=in_m)
 
 
 @lazy_jit
-def _dq_tile(dq, q, do, lse, delta, q_block, q_clean, q_real, kt, K_head, V_head, stride_ks, stride_vs,
-             P, SL, L, T, C, CI_row, LAYOUT, S, D, qk_scale, REC_row, RECORD: tl.constexpr,
-             BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
+def _dq_tile(dq, q, do, lse, delta, own_lo, own_hi, clean_hi, kt, K_head, V_head, stride_ks, stride_vs, S, T, D,
+             qk_scale, REC_row, RECORD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+             PRECISION: tl.constexpr):
     offs_n = kt * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    in_n = offs_n < S
-    k_block, k_clean, k_token, k_real = _position_meta(offs_n, in_n, P, L, T, C, CI_row, LAYOUT)
-    k_valid = k_real & (k_token < SL)
-    kv_mask = in_n[:, None] & (offs_d[None, :] < D)
+    kv_mask = (offs_n[:, None] < S) & (offs_d[None, :] < D)
     k = tl.load(K_head + offs_n[:, None] * stride_ks + offs_d[None, :], mask=kv_mask, other=0.0)
     v = tl.load(V_head + offs_n[:, None] * stride_vs + offs_d[None, :], mask=kv_mask, other=0.0)
     s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-    vis = _visible(q_block[:, None], q_clean[:, None], q_real[:, None], k_block[None, :], k_clean[None, :],
-                   k_valid[None, :], LAYOUT)
+    vis = _tile_mask(own_lo[:, None], own_hi[:, None], clean_hi[:, None], offs_n[None, :], T)
     p = tl.where(vis, tl.exp2(s - lse[:, None]), 0.0)
     dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
     ds = p * (dp - delta[:, None])
@@ -339,12 +340,11 @@ def _chunk_attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, PL, SL_ptr, CI, REC,
     h = (pid_bh % H).to(tl.int64)
     P = tl.load(PL + b)
     SL = tl.load(SL_ptr + b)
-    CI_row = CI + b * stride_cib
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     in_m = offs_m < S
     qd_mask = in_m[:, None] & (offs_d[None, :] < D)
-    q_block, q_clean, q_token, q_real = _position_meta(offs_m, in_m, P, L, T, C, CI_row, LAYOUT)
+    own_lo, own_hi, clean_hi = _row_keys(offs_m, in_m, P, SL, L, T, C, CI + b * stride_cib, LAYOUT)
     q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :],
                 mask=qd_mask, other=0.0)
     do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dos + offs_d[None, :],
@@ -355,33 +355,31 @@ def _chunk_attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, PL, SL_ptr, CI, REC,
     V_head = V + b * stride_vb + (h // GROUP) * stride_vh
     REC_row = REC + (b * tl.num_programs(0) + pid_m) * N_KT
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    n_lo, n_hi, c_lo, c_hi = _key_tiles(q_block, q_clean, q_real, offs_m, P, SL, T, C, LAYOUT, BLOCK_N)
-    for kt in range(n_lo, n_hi):
-        dq = _dq_tile(dq, q, do, lse, delta, q_block, q_clean, q_real, kt, K_head, V_head, stride_ks, stride_vs,
-                      P, SL, L, T, C, CI_row, LAYOUT, S, D, qk_scale, REC_row, RECORD, BLOCK_N, BLOCK_D, PRECISION)
-    for kt in range(c_lo, c_hi):
-        dq = _dq_tile(dq, q, do, lse, delta, q_block, q_clean, q_real, kt, K_head, V_head, stride_ks, stride_vs,
-                      P, SL, L, T, C, CI_row, LAYOUT, S, D, qk_scale, REC_row, RECORD, BLOCK_N, BLOCK_D, PRECISION)
+    n_lo, n_hi, c_lo, c_hi = _key_tiles(own_lo, own_hi, clean_hi, T, BLOCK_N)
+    n_noisy = n_hi - n_lo
+    for i in range(0, n_noisy + tl.maximum(c_hi - c_lo, 0)):
+        kt = tl.where(i < n_noisy, n_lo + i, c_lo + i - n_noisy)
+        dq = _dq_tile(dq, q, do, lse, delta, own_lo, own_hi, clean_hi, kt, K_head, V_head, stride_ks, stride_vs,
+                      S, T, D, qk_scale, REC_row, RECORD, BLOCK_N, BLOCK_D, PRECISION)
     tl.store(DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqs + offs_d[None, :],
              (dq * sm_scale).to(DQ.dtype.element_ty), mask=qd_mask)
 
 
 @lazy_jit
-def _dkdv_tile(dk, dv, k, v, k_block, k_clean, k_valid, qt, Q_head, DO_head, LSE_head, DELTA_head,
-               stride_qs, stride_dos, P, L, T, C, CI_row, LAYOUT, S, D, qk_scale, REC_col, N_KT,
+def _dkdv_tile(dk, dv, k, v, offs_n, qt, Q_head, DO_head, LSE_head, DELTA_head, stride_qs, stride_dos,
+               P, SL, L, T, C, CI_row, LAYOUT, S, D, qk_scale, REC_col, N_KT,
                RECORD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
     offs_m = qt * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     in_m = offs_m < S
     qd_mask = in_m[:, None] & (offs_d[None, :] < D)
-    q_block, q_clean, q_token, q_real = _position_meta(offs_m, in_m, P, L, T, C, CI_row, LAYOUT)
+    own_lo, own_hi, clean_hi = _row_keys(offs_m, in_m, P, SL, L, T, C, CI_row, LAYOUT)
     q = tl.load(Q_head + offs_m[:, None] * stride_qs + offs_d[None, :], mask=qd_mask, other=0.0)
     do = tl.load(DO_head + offs_m[:, None] * stride_dos + offs_d[None, :], mask=qd_mask, other=0.0)
     lse = tl.load(LSE_head + offs_m, mask=in_m, other=0.0)
     delta = tl.load(DELTA_head + offs_m, mask=in_m, other=0.0)
     s_t = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale
-    vis = _visible(q_block[None, :], q_clean[None, :], q_real[None, :], k_block[:, None], k_clean[:, None],
-                   k_valid[:, None], LAYOUT)
+    vis = _tile_mask(own_lo[None, :], own_hi[None, :], clean_hi[None, :], offs_n[:, None], T)
     p_t = tl.where(vis, tl.exp2(s_t - lse[None, :]), 0.0)
     dv += tl.dot(p_t.to(do.dtype), do, input_precision=PRECISION)
     dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)
@@ -413,7 +411,8 @@ def _chunk_attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, PL, SL_ptr, CI, REC,
     in_n = offs_n < S
     kd_mask = in_n[:, None] & (offs_d[None, :] < D)
     k_block, k_clean, k_token, k_real = _position_meta(offs_n, in_n, P, L, T, C, CI_row, LAYOUT)
-    k_valid = k_real & (k_token < SL)
+    r1_lo, r1_hi, r2_lo, r2_hi, r3_lo, r3_hi = _query_tiles(k_block, k_clean, k_real & (k_token < SL), offs_n, P,
+                                                            L, T, C, NM, CI_row, LAYOUT, BLOCK_M)
     k = tl.load(K + b * stride_kb + hk * stride_kh + offs_n[:, None] * stride_ks + offs_d[None, :],
                 mask=kd_mask, other=0.0)
     v = tl.load(V + b * stride_vb + hk * stride_vh + offs_n[:, None] * stride_vs + offs_d[None, :],
@@ -421,26 +420,20 @@ def _chunk_attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, PL, SL_ptr, CI, REC,
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     REC_col = REC + b * N_QT * tl.num_programs(0) + pid_n
-    r1_lo, r1_hi, r2_lo, r2_hi, r3_lo, r3_hi = _query_tiles(k_block, k_clean, k_valid, offs_n, P, L, T, C, NM,
-                                                            CI_row, LAYOUT, BLOCK_M)
-    for g in range(0, GROUP):
+    n1 = r1_hi - r1_lo
+    n12 = n1 + (r2_hi - r2_lo)
+    n_tiles = n12 + tl.maximum(r3_hi - r3_lo, 0)
+    # One flat loop over (query head of the group, query tile): separate loops each get their own
+    # pipelined copy of the body and spill.
+    for i in range(0, GROUP * n_tiles):
+        g = i // n_tiles
+        j = i - g * n_tiles
+        qt = tl.where(j < n1, r1_lo + j, tl.where(j < n12, r2_lo + j - n1, r3_lo + j - n12))
         h = hk * GROUP + g
-        Q_head = Q + b * stride_qb + h * stride_qh
-        DO_head = DO + b * stride_dob + h * stride_doh
-        LSE_head = LSE + (b * H + h) * S
-        DELTA_head = DELTA + (b * H + h) * S
-        for qt in range(r1_lo, r1_hi):
-            dk, dv = _dkdv_tile(dk, dv, k, v, k_block, k_clean, k_valid, qt, Q_head, DO_head, LSE_head, DELTA_head,
-                                stride_qs, stride_dos, P, L, T, C, CI_row, LAYOUT, S, D, qk_scale, REC_col,
-                                tl.num_programs(0), RECORD, BLOCK_M, BLOCK_D, PRECISION)
-        for qt in range(r2_lo, r2_hi):
-            dk, dv = _dkdv_tile(dk, dv, k, v, k_block, k_clean, k_valid, qt, Q_head, DO_head, LSE_head, DELTA_head,
-                                stride_qs, stride_dos, P, L, T, C, CI_row, LAYOUT, S, D, qk_scale, REC_col,
-                                tl.num_programs(0), RECORD, BLOCK_M, BLOCK_D, PRECISION)
-        for qt in range(r3_lo, r3_hi):
-            dk, dv = _dkdv_tile(dk, dv, k, v, k_block, k_clean, k_valid, qt, Q_head, DO_head, LSE_head, DELTA_head,
-                                stride_qs, stride_dos, P, L, T, C, CI_row, LAYOUT, S, D, qk_scale, REC_col,
-                                tl.num_programs(0), RECORD, BLOCK_M, BLOCK_D, PRECISION)
+        dk, dv = _dkdv_tile(dk, dv, k, v, offs_n, qt, Q + b * stride_qb + h * stride_qh,
+                            DO + b * stride_dob + h * stride_doh, LSE + (b * H + h) * S, DELTA + (b * H + h) * S,
+                            stride_qs, stride_dos, P, SL, L, T, C, CI_row, LAYOUT, S, D, qk_scale, REC_col,
+                            tl.num_programs(0), RECORD, BLOCK_M, BLOCK_D, PRECISION)
     tl.store(DK + b * stride_dkb + hk * stride_dkh + offs_n[:, None] * stride_dks + offs_d[None, :],
              (dk * sm_scale).to(DK.dtype.element_ty), mask=kd_mask)
     tl.store(DV + b * stride_dvb + hk * stride_dvh + offs_n[:, None] * stride_dvs + offs_d[None, :],
@@ -476,15 +469,15 @@ def kernel_configs(head_dim: int, dtype: torch.dtype, device_type: str) -> dict[
         tiny = KernelConfig(16, 16, 1, 1)
         return {"fwd": tiny, "bwd_dq": tiny, "bwd_dkdv": tiny}
     block_d = max(16, next_power_of_2(head_dim))
-    wide = dtype != torch.float32
-    if block_d <= 64:
-        fwd = KernelConfig(128 if wide else 64, 64 if wide else 32, 4, 3 if wide else 2)
-        dq = KernelConfig(64, 64 if wide else 32, 4, 2)
-        dkdv = KernelConfig(32, 64 if wide else 32, 4, 2)
+    if dtype != torch.float32:
+        if block_d <= 64:
+            fwd, dq, dkdv = KernelConfig(64, 64, 4, 2), KernelConfig(64, 64, 4, 2), KernelConfig(32, 64, 4, 2)
+        else:
+            fwd, dq, dkdv = KernelConfig(64, 64, 8, 2), KernelConfig(64, 32, 8, 2), KernelConfig(32, 64, 8, 2)
+    elif block_d <= 64:
+        fwd, dq, dkdv = KernelConfig(64, 32, 4, 2), KernelConfig(64, 32, 4, 2), KernelConfig(32, 32, 4, 2)
     else:
-        fwd = KernelConfig(64 if wide else 32, 64 if wide else 32, 4, 2)
-        dq = KernelConfig(64 if wide else 32, 32, 4, 2)
-        dkdv = KernelConfig(32 if wide else 16, 64 if wide else 32, 4, 2)
+        fwd, dq, dkdv = KernelConfig(32, 32, 4, 2), KernelConfig(32, 32, 4, 2), KernelConfig(16, 32, 8, 2)
     return {"fwd": fwd, "bwd_dq": dq, "bwd_dkdv": dkdv}
 
 
@@ -588,6 +581,32 @@ def _attn_backward(do, q, k, v, o, lse, meta: _Layout, scale: float,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, RECORD=record_dkdv is not None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common)
     return dq, dk, dv
+
+
+_TORCH_TO_TRITON = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def aot_specs() -> list[dict]:
+    """Every (kernel, launch config) the CUDA dispatcher can pick, for the AOT spill test.
+
+    Head dims 1-128 map to BLOCK_D in {16, 32, 64, 128}; one compiled kernel covers all layouts.
+    """
+    specs = []
+    names = {"fwd": _chunk_attn_fwd, "bwd_dq": _chunk_attn_bwd_dq, "bwd_dkdv": _chunk_attn_bwd_dkdv}
+    for dtype, ty in _TORCH_TO_TRITON.items():
+        tensors = {"Q": ty, "K": ty, "V": ty, "O": ty, "DO": ty, "DQ": ty, "DK": ty, "DV": ty, "LSE": "fp32",
+                   "DELTA": "fp32", "REC": "fp32", "PL": "i32", "SL_ptr": "i32", "CI": "i32"}
+        for block_d in (16, 32, 64, 128):
+            for name, cfg in kernel_configs(block_d, dtype, "cuda").items():
+                fn = kernel(names[name])
+                constexprs = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
+                                  PRECISION=_precision(dtype), RECORD=False)
+                signature = {arg: ("*" + tensors[arg] if arg in tensors else
+                                   "fp32" if arg.endswith("scale") else "i32")
+                             for arg in fn.arg_names if arg not in constexprs}
+                specs.append(dict(name=f"chunk_attention.{name}[{ty},D{block_d}]", fn=fn, signature=signature,
+                                  constexprs=constexprs, num_warps=cfg.num_warps, num_stages=cfg.num_stages))
+    return specs
 
 
 class ChunkAttentionFunction(torch.autograd.Function):

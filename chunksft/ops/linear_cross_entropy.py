@@ -1,0 +1,242 @@
+"""Linear cross-entropy: `cross_entropy(hidden @ weight.T, targets)` without the [N, V] logits.
+
+The eager reference materialises the fp32 logits (the specification). The fused backends walk the
+rows that carry a loss in blocks of `rows_per_block(V)` rows: per block the fp32 logits [rows, V]
+are computed by one matmul, a row-wise kernel turns them in place into the loss and the logit
+gradient `coef * (softmax - onehot)`, and two matmuls turn that into the block's hidden gradient
+and its contribution to the weight gradient. Peak extra memory is one block of logits plus the
+fp32 weight gradient, instead of several [N, V] fp32 tensors.
+
+For "mean" / "sum" the gradients are computed during the forward (grad_output is a scalar applied
+in backward), so the logits are computed once; for "none" the backward recomputes them.
+
+backends: "chunked" (the row kernel in PyTorch; the CPU memory-saving path) and "triton" (the row
+kernel in Triton: one program per row, online logsumexp over vocab blocks, then the gradient
+written in place). Under ZeRO-3 the caller gathers the LM-head weight around the call
+(`deepspeed.zero.GatheredParameters`), the same as for a plain matmul.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from chunksft.ops._backend import cpp_impl, resolve_backend
+from chunksft.ops._triton import kernel, lazy_jit
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _row_weights(targets: torch.Tensor, token_weights: torch.Tensor | None, ignore_index: int) -> torch.Tensor:
+    """fp32 [N]: token weight (1 by default), 0 on ignored targets."""
+    keep = targets != ignore_index
+    weights = torch.ones_like(targets, dtype=torch.float32) if token_weights is None else token_weights.float()
+    return torch.where(keep, weights, torch.zeros_like(weights))
+
+
+def linear_cross_entropy_eager(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
+                               token_weights: torch.Tensor | None = None, ignore_index: int = -100,
+                               reduction: str = "mean") -> torch.Tensor:
+    """Reference: fp32 logits + cross-entropy, weighted per token.
+
+    hidden: [N, H] (any float dtype); weight: [V, H]; targets: int64 [N]; token_weights: optional float [N].
+    ce_i = logsumexp(logits_i) - logits_i[target_i], w_i = token_weights_i (1 if None), 0 where ignored.
+    reduction "none": fp32 [N] w_i * ce_i; "sum": sum_i w_i ce_i; "mean": sum_i w_i ce_i / sum_i w_i
+    (the weighted mean over non-ignored tokens; NaN when no token counts, like F.cross_entropy).
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    logits = hidden.float() @ weight.float().T
+    ce = F.cross_entropy(logits, targets.masked_fill(targets == ignore_index, 0), reduction="none")
+    weights = _row_weights(targets, token_weights, ignore_index)
+    loss = ce * weights
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / weights.sum()
+
+
+# ----------------------------------------------------------------------------------------------
+# Row kernels: logits [rows, V] fp32 -> ce [rows]; with coef, logits become coef * (softmax - onehot)
+# ----------------------------------------------------------------------------------------------
+
+def _row_ce_torch(logits: torch.Tensor, targets: torch.Tensor, coef: torch.Tensor | None) -> torch.Tensor:
+    lse = torch.logsumexp(logits, dim=1)
+    ce = lse - logits.gather(1, targets[:, None])[:, 0]
+    if coef is not None:
+        logits.sub_(lse[:, None]).exp_()
+        logits[torch.arange(logits.shape[0], device=logits.device), targets] -= 1.0
+        logits.mul_(coef[:, None])
+    return ce
+
+
+@lazy_jit
+def _row_ce_kernel(LOGITS, stride_row, TARGETS, COEF, CE, V, HAS_GRAD: tl.constexpr, BLOCK_V: tl.constexpr):
+    """One row per program: pass 1 = online logsumexp over vocab blocks (per-lane running max/sum, so
+    no reduction inside the loop); pass 2 (HAS_GRAD) = gradient written over the logits."""
+    row = tl.program_id(0).to(tl.int64)
+    base = LOGITS + row * stride_row
+    target = tl.load(TARGETS + row)
+    offs = tl.arange(0, BLOCK_V)
+    # Finite start: lanes past V read -inf and give exp(-inf - m) = 0 rather than NaN.
+    run_max = tl.full([BLOCK_V], -1.0e30, dtype=tl.float32)
+    run_sum = tl.zeros([BLOCK_V], dtype=tl.float32)
+    for start in range(0, V, BLOCK_V):
+        x = tl.load(base + start + offs, mask=start + offs < V, other=float("-inf"))
+        new_max = tl.maximum(run_max, x)
+        run_sum = run_sum * tl.exp(run_max - new_max) + tl.exp(x - new_max)
+        run_max = new_max
+    row_max = tl.max(run_max, axis=0)
+    lse = row_max + tl.log(tl.sum(run_sum * tl.exp(run_max - row_max), axis=0))
+    tl.store(CE + row, lse - tl.load(base + target))
+    if HAS_GRAD:
+        coef = tl.load(COEF + row)
+        for start in range(0, V, BLOCK_V):
+            cols = start + offs
+            x = tl.load(base + cols, mask=cols < V, other=0.0)
+            grad = tl.exp(x - lse) - tl.where(cols == target, 1.0, 0.0)
+            tl.store(base + cols, grad * coef, mask=cols < V)
+
+
+ROW_KERNEL_CONFIG = dict(BLOCK_V=4096, num_warps=8)
+
+
+def _row_ce_triton(logits: torch.Tensor, targets: torch.Tensor, coef: torch.Tensor | None) -> torch.Tensor:
+    ce = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+    if logits.shape[0] == 0:
+        return ce
+    kernel(_row_ce_kernel)[(logits.shape[0],)](
+        logits, logits.stride(0), targets, coef if coef is not None else ce, ce, logits.shape[1],
+        HAS_GRAD=coef is not None, **ROW_KERNEL_CONFIG)
+    return ce
+
+
+def aot_specs() -> list[dict]:
+    """The row kernel configs the dispatcher can launch (forward-only and with gradient)."""
+    fn = kernel(_row_ce_kernel)
+    signature = {"LOGITS": "*fp32", "stride_row": "i32", "TARGETS": "*i64", "COEF": "*fp32", "CE": "*fp32", "V": "i32"}
+    return [dict(name=f"linear_cross_entropy.row_ce[grad={grad}]", fn=fn, signature=signature,
+                 constexprs=dict(HAS_GRAD=grad, BLOCK_V=ROW_KERNEL_CONFIG["BLOCK_V"]),
+                 num_warps=ROW_KERNEL_CONFIG["num_warps"], num_stages=1) for grad in (False, True)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Row-blocked driver and autograd Function
+# ----------------------------------------------------------------------------------------------
+RowKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+def rows_per_block(vocab: int, budget_elements: int = 1 << 25) -> int:
+    """Rows whose fp32 logits fit in `budget_elements` (128 MB by default), at least 16."""
+    return max(16, budget_elements // max(vocab, 1))
+
+
+def _matmul_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b with fp32 accumulation and fp32 output (half-precision inputs keep their tensor-core path on CUDA)."""
+    if a.dtype == torch.float32 and b.dtype == torch.float32:
+        return a @ b
+    if a.is_cuda and a.dtype == b.dtype:
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return a.float() @ b.float()
+
+
+def _blocked(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor,
+             coef: torch.Tensor | None, row_kernel: RowKernel, block: int
+             ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """ce of `rows` (fp32 [len(rows)]) and, with coef (fp32 [len(rows)]), d(sum coef*ce) w.r.t. hidden / weight."""
+    ce = torch.empty(rows.numel(), dtype=torch.float32, device=hidden.device)
+    grad_hidden = grad_weight = None
+    if coef is not None:
+        grad_hidden = torch.zeros_like(hidden)
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+    # Half-precision weights on CPU have no fp32-output matmul: upcast once per call, not per block.
+    w = weight.float() if (not weight.is_cuda and weight.dtype != torch.float32) else weight
+    for start in range(0, rows.numel(), block):
+        idx = rows[start:start + block]
+        h = hidden[idx]
+        h_mm = h.to(w.dtype)
+        logits = _matmul_fp32(h_mm, w.T)
+        ce[start:start + block] = row_kernel(logits, targets[idx], None if coef is None else coef[start:start + block])
+        if coef is not None:
+            grad_logits = logits if w.dtype == torch.float32 else logits.to(w.dtype)
+            grad_hidden[idx] = _matmul_fp32(grad_logits, w).to(hidden.dtype)
+            grad_weight += _matmul_fp32(grad_logits.T, h_mm)
+    return ce, grad_hidden, grad_weight
+
+
+class LinearCrossEntropyFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, token_weights, ignore_index: int, reduction: str,
+                row_kernel: RowKernel, block: int):
+        weights = _row_weights(targets, token_weights, ignore_index)
+        # Only rows that carry a loss are touched (one host sync for their count).
+        rows = (weights != 0).nonzero(as_tuple=True)[0]
+        safe_targets = targets.masked_fill(weights == 0, 0)
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        denom = weights.sum() if reduction == "mean" else torch.ones((), device=hidden.device)
+        coef = None
+        if need_grad and reduction != "none":
+            coef = weights[rows] / denom
+        ce, grad_hidden, grad_weight = _blocked(hidden, weight, safe_targets, rows, coef, row_kernel, block)
+        per_row = torch.zeros(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        per_row[rows] = ce * weights[rows]
+        ctx.reduction = reduction
+        ctx.row_kernel = row_kernel
+        ctx.block = block
+        ctx.weight_dtype = weight.dtype
+        if reduction == "none":
+            ctx.save_for_backward(hidden, weight, safe_targets, weights, rows)
+            return per_row
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        total = per_row.sum()
+        return total if reduction == "sum" else total / denom
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        if ctx.reduction == "none":
+            hidden, weight, targets, weights, rows = ctx.saved_tensors
+            coef = (grad_out.float() * weights)[rows]
+            _, grad_hidden, grad_weight = _blocked(hidden, weight, targets, rows, coef, ctx.row_kernel, ctx.block)
+        else:
+            grad_hidden, grad_weight = ctx.saved_tensors
+            scale = grad_out.float()
+            grad_hidden = (grad_hidden.float() * scale).to(grad_hidden.dtype)
+            grad_weight = grad_weight * scale
+        return grad_hidden, grad_weight.to(ctx.weight_dtype), None, None, None, None, None, None
+
+
+def linear_cross_entropy_fused(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
+                               token_weights: torch.Tensor | None = None, ignore_index: int = -100,
+                               reduction: str = "mean", row_kernel: str = "torch",
+                               block: int | None = None) -> torch.Tensor:
+    """Row-blocked linear cross-entropy (see the module docstring); same contract as the eager reference.
+
+    row_kernel: "torch" (backend "chunked") or "triton". block: rows per block (default `rows_per_block(V)`).
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    fn = _row_ce_triton if row_kernel == "triton" else _row_ce_torch
+    return LinearCrossEntropyFunction.apply(hidden, weight, targets, token_weights, ignore_index, reduction, fn,
+                                            block or rows_per_block(weight.shape[0]))
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
+                         token_weights: torch.Tensor | None = None, ignore_index: int = -100,
+                         reduction: str = "mean", backend: str = "auto") -> torch.Tensor:
+    """Cross-entropy of `hidden @ weight.T` (DESIGN.md §2). Contract: `linear_cross_entropy_eager`.
+
+    backend: "auto" (triton on CUDA, cpp on CPU when built, else eager), "eager", "triton", "cpp", or
+    "chunked" (row-blocked PyTorch: the reference's result without the [N, V] logits; the memory-saving
+    choice on CPU). Gradients flow to hidden and weight (not to token_weights).
+    """
+    resolved = resolve_backend("linear_cross_entropy", backend, hidden.device, extra=("chunked",))
+    if resolved == "eager":
+        return linear_cross_entropy_eager(hidden, weight, targets, token_weights=token_weights,
+                                          ignore_index=ignore_index, reduction=reduction)
+    if resolved == "cpp":
+        return cpp_impl("linear_cross_entropy")(hidden, weight, targets, token_weights=token_weights,
+                                                ignore_index=ignore_index, reduction=reduction)
+    return linear_cross_entropy_fused(hidden, weight, targets, token_weights=token_weights, ignore_index=ignore_index,
+                                      reduction=reduction, row_kernel="triton" if resolved == "triton" else "torch")
