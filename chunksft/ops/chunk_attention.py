@@ -461,23 +461,22 @@ class KernelConfig:
 def kernel_configs(head_dim: int, dtype: torch.dtype, device_type: str) -> dict[str, KernelConfig]:
     """The launch config of each kernel; the AOT spill test compiles every entry this can return.
 
-    Tiles shrink with the head dim and for fp32 (twice the registers per element, no tensor-core
-    input format) so that the fp32 accumulators stay in registers. The interpreter uses 16-wide tiles
-    so that small test shapes still span many tiles.
+    Chosen with `aot_specs` + cuobjdump so that no config spills on sm_80 or sm_90 (see
+    tests/ops/test_aot_compile.py). The interpreter uses 16-wide tiles so that small test shapes
+    still span many tiles.
     """
     if device_type != "cuda":
         tiny = KernelConfig(16, 16, 1, 1)
         return {"fwd": tiny, "bwd_dq": tiny, "bwd_dkdv": tiny}
     block_d = max(16, next_power_of_2(head_dim))
-    if dtype != torch.float32:
-        if block_d <= 64:
-            fwd, dq, dkdv = KernelConfig(64, 64, 4, 2), KernelConfig(64, 64, 4, 2), KernelConfig(32, 64, 4, 2)
-        else:
-            fwd, dq, dkdv = KernelConfig(64, 64, 8, 2), KernelConfig(64, 32, 8, 2), KernelConfig(32, 64, 8, 2)
+    if dtype == torch.float32:
+        # fp32 products are exact FMAs (no tensor cores), held in registers: 8 warps share them.
+        fwd = dq = KernelConfig(64 if block_d <= 64 else 32, 32, 8, 2)
+        dkdv = KernelConfig(16, 32, 8, 2)
     elif block_d <= 64:
-        fwd, dq, dkdv = KernelConfig(64, 32, 4, 2), KernelConfig(64, 32, 4, 2), KernelConfig(32, 32, 4, 2)
+        fwd, dq, dkdv = KernelConfig(64, 64, 4, 2), KernelConfig(64, 64, 4, 2), KernelConfig(32, 64, 4, 2)
     else:
-        fwd, dq, dkdv = KernelConfig(32, 32, 4, 2), KernelConfig(32, 32, 4, 2), KernelConfig(16, 32, 8, 2)
+        fwd, dq, dkdv = KernelConfig(64, 64, 8, 2), KernelConfig(64, 32, 8, 2), KernelConfig(32, 32, 8, 2)
     return {"fwd": fwd, "bwd_dq": dq, "bwd_dkdv": dkdv}
 
 

@@ -8,6 +8,9 @@ from typing import NamedTuple
 
 import torch
 
+from chunksft.ops._backend import cpp_impl, resolve_backend
+from chunksft.ops._triton import kernel, lazy_jit, next_power_of_2
+
 IGNORE_INDEX = -100
 
 
@@ -93,18 +96,216 @@ def chunk_mask_eager(input_ids: torch.Tensor, prompt_lens: torch.Tensor, *, chun
     return ChunkMask(noisy, labels, chunk_masked)
 
 
+# ----------------------------------------------------------------------------------------------
+# Counter-based draws (seed, row, chunk): the fused kernels and this reference give identical masks
+# ----------------------------------------------------------------------------------------------
+_MASK32 = 0xFFFFFFFF
+# Odd multipliers below 2**31: x * m < 2**63 for any 32-bit x, so int64 tensors hold the exact product.
+_MUL1, _MUL2 = 0x7FEB352D, 0x2C1B3C6D
+_CHUNK_SALT, _FALLBACK_SALT = 0x5BD1E995, 0x68E31DA4
+_DRAW_BITS = 24  # a draw is the top 24 bits of the hash; masked iff draw < round(p * 2**24)
+
+
+def mix32(x):
+    """32-bit integer finaliser (xorshift-multiply). Works on Python ints and int64 tensors of uint32 values."""
+    x = x ^ (x >> 16)
+    x = (x * _MUL1) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * _MUL2) & _MASK32
+    return x ^ (x >> 16)
+
+
+def seed_key(seed: int) -> int:
+    """Fold a 64-bit seed into the 32-bit key of the row hashes."""
+    seed = int(seed) & 0xFFFFFFFFFFFFFFFF
+    return mix32(mix32(seed >> 32) ^ (seed & _MASK32))
+
+
+def mask_threshold(mask_prob: float) -> int:
+    return int(round(float(mask_prob) * (1 << _DRAW_BITS)))
+
+
+class CompactLayout(NamedTuple):
+    chunk_index: torch.Tensor  # int64 [B, NM]: masked chunk ids per row, increasing, -1 padded (NM = max count)
+    positions: torch.Tensor    # int64 [B, NM*C]: token position of each compact x_t slot (0 on padding slots)
+
+
+def draw_chunk_mask_counter(n_chunks: torch.Tensor, max_chunks: int, mask_prob: float, seed: int) -> torch.Tensor:
+    """`draw_chunk_mask` with counter-based randomness: chunk j of row b is masked iff
+    mix32(row_key ^ mix32(j ^ SALT)) >> 8 < round(p * 2**24), row_key = mix32(seed_key(seed) ^ b); a row that
+    drew none masks chunk mix32(row_key ^ FALLBACK_SALT) % n_chunks. Returns bool [B, max_chunks]."""
+    device = n_chunks.device
+    rows = torch.arange(n_chunks.shape[0], device=device, dtype=torch.int64)
+    row_key = mix32(seed_key(seed) ^ rows)[:, None]
+    chunks = torch.arange(max_chunks, device=device, dtype=torch.int64)[None, :]
+    draw = mix32(row_key ^ mix32(chunks ^ _CHUNK_SALT)) >> (32 - _DRAW_BITS)
+    exists = chunks < n_chunks[:, None]
+    masked = (draw < mask_threshold(mask_prob)) & exists
+    fallback = mix32(row_key ^ _FALLBACK_SALT) % n_chunks.clamp(min=1)[:, None]
+    needs = (~masked.any(dim=1, keepdim=True)) & (n_chunks[:, None] > 0)
+    return masked | (needs & (chunks == fallback))
+
+
+def compact_layout(chunk_masked: torch.Tensor, prompt_lens: torch.Tensor, chunk_size: int) -> CompactLayout:
+    """The compacted x_t layout of `chunk_attention(layout="compact")` for a chunk draw [B, N]."""
+    count = chunk_masked.sum(dim=1)
+    width = int(count.max().item()) if chunk_masked.numel() else 0
+    ids = torch.arange(chunk_masked.shape[1], device=chunk_masked.device).expand_as(chunk_masked)
+    # Masked ids first, in increasing order: sort by (not masked, id).
+    order = torch.sort(torch.where(chunk_masked, ids, ids + chunk_masked.shape[1]), dim=1).values[:, :width]
+    slots = torch.arange(width, device=chunk_masked.device)[None, :]
+    chunk_index = torch.where(slots < count[:, None], order, torch.full_like(order, -1))
+    pos = prompt_lens.to(chunk_masked.device).long()[:, None, None] + chunk_index[:, :, None] * chunk_size
+    pos = pos + torch.arange(chunk_size, device=chunk_masked.device)
+    positions = torch.where(chunk_index[:, :, None] >= 0, pos, torch.zeros_like(pos)).flatten(1)
+    return CompactLayout(chunk_index, positions)
+
+
+def _seq_lens(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    if attention_mask is None:
+        return torch.full((input_ids.shape[0],), input_ids.shape[1], dtype=torch.long, device=input_ids.device)
+    return attention_mask.to(torch.long).sum(dim=1)
+
+
+def chunk_mask_counter(input_ids: torch.Tensor, prompt_lens: torch.Tensor, *, seed: int, chunk_size: int = 16,
+                       mask_prob: float = 0.3, mask_id: int, attention_mask: torch.Tensor | None = None
+                       ) -> tuple[ChunkMask, CompactLayout]:
+    """Reference of the fused chunk masking: `chunk_mask_eager` on the counter-based draw of `seed`,
+    plus the compacted layout. The Triton kernel (and any other fused backend) must match it exactly."""
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}; e.g. --chunk_size 16")
+    _check_probability("mask_probability", mask_prob)
+    prompt_lens = prompt_lens.to(device=input_ids.device, dtype=torch.long)
+    n_chunks = num_chunks(prompt_lens, _seq_lens(input_ids, attention_mask), chunk_size)
+    max_chunks = int(n_chunks.max().item()) if input_ids.shape[0] else 0
+    drawn = draw_chunk_mask_counter(n_chunks, max_chunks, mask_prob, seed)
+    out = chunk_mask_eager(input_ids, prompt_lens, chunk_size=chunk_size, mask_prob=mask_prob, mask_id=mask_id,
+                           attention_mask=attention_mask, chunk_masked=drawn)
+    return out, compact_layout(out.chunk_masked, prompt_lens, chunk_size)
+
+
+@lazy_jit
+def _mix32_tl(x):
+    x = x ^ (x >> 16)
+    x = x * 0x7FEB352D
+    x = x ^ (x >> 15)
+    x = x * 0x2C1B3C6D
+    return x ^ (x >> 16)
+
+
+@lazy_jit
+def _chunk_mask_kernel(IDS, OUT_IDS, LABELS, CHUNK_MASKED, CHUNK_INDEX, POSITIONS, COUNTS, PL, SL,
+                       key, threshold, mask_id, L, N, C,
+                       BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+    """One row per program: draw its chunks, write chunk flags, compact index / positions, then
+    masked ids and labels (per token the flag is recomputed from the hash, so no program reads back
+    what another thread of it wrote). CHUNK_INDEX / POSITIONS come pre-filled with -1 / 0."""
+    row = tl.program_id(0)
+    P = tl.load(PL + row)
+    n = tl.maximum((tl.load(SL + row) - P) // C, 0)
+    row_key = _mix32_tl((key ^ row.to(tl.int64)).to(tl.uint32))
+    j = tl.arange(0, BLOCK_N)
+    exists = j < n
+    draw = _mix32_tl(row_key ^ _mix32_tl(j.to(tl.uint32) ^ 0x5BD1E995)) >> 8
+    masked = (draw < threshold) & exists
+    count = tl.sum(masked.to(tl.int32), axis=0)
+    fallback = (_mix32_tl(row_key ^ 0x68E31DA4) % tl.maximum(n, 1).to(tl.uint32)).to(tl.int32)
+    # Row-level flags broadcast to tensors: the interpreter mis-types scalar-bool & tensor masks.
+    use_fallback = ((j * 0 + count) == 0) & ((j * 0 + n) > 0)
+    masked = masked | (use_fallback & (j == fallback))
+    count = tl.sum(masked.to(tl.int32), axis=0)
+    fallback_row = tl.max(use_fallback.to(tl.int32), axis=0)
+    row64 = row.to(tl.int64)
+    tl.store(CHUNK_MASKED + row64 * N + j, masked.to(tl.int8), mask=j < N)
+    tl.store(COUNTS + row, count)
+    rank = tl.cumsum(masked.to(tl.int32), axis=0) - 1
+    tl.store(CHUNK_INDEX + row64 * N + rank, j.to(tl.int64), mask=masked)
+    o = tl.arange(0, BLOCK_C)
+    slot = rank[:, None] * C + o[None, :]
+    tl.store(POSITIONS + row64 * N * C + slot, (P + j[:, None] * C + o[None, :]).to(tl.int64),
+             mask=masked[:, None] & (o[None, :] < C))
+    for start in range(0, L, BLOCK_L):
+        pos = start + tl.arange(0, BLOCK_L)
+        rel = pos - P
+        chunk = tl.where(rel >= 0, rel, 0) // C
+        tok_draw = _mix32_tl(row_key ^ _mix32_tl(chunk.to(tl.uint32) ^ 0x5BD1E995)) >> 8
+        hit = (tok_draw < threshold) | ((chunk == fallback) & ((pos * 0 + fallback_row) > 0))
+        tok_masked = (rel >= 0) & (chunk < n) & hit
+        ids = tl.load(IDS + row64 * L + pos, mask=pos < L, other=0)
+        tl.store(OUT_IDS + row64 * L + pos, tl.where(tok_masked, mask_id, ids), mask=pos < L)
+        tl.store(LABELS + row64 * L + pos, tl.where(tok_masked, ids, -100), mask=pos < L)
+
+
+_MASK_BLOCK_L = 1024
+
+
+def chunk_mask_counter_triton(input_ids: torch.Tensor, prompt_lens: torch.Tensor, *, seed: int, chunk_size: int = 16,
+                              mask_prob: float = 0.3, mask_id: int, attention_mask: torch.Tensor | None = None
+                              ) -> tuple[ChunkMask, CompactLayout]:
+    """`chunk_mask_counter` in one Triton kernel (CUDA, or CPU under TRITON_INTERPRET=1)."""
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}; e.g. --chunk_size 16")
+    _check_probability("mask_probability", mask_prob)
+    batch, seq_len = input_ids.shape
+    device = input_ids.device
+    ids = input_ids.to(torch.int64).contiguous()
+    prompt_lens = prompt_lens.to(device=device, dtype=torch.int32).contiguous()
+    seq_lens = _seq_lens(input_ids, attention_mask).to(torch.int32).contiguous()
+    n_chunks = num_chunks(prompt_lens.long(), seq_lens.long(), chunk_size)
+    max_chunks = int(n_chunks.max().item()) if batch else 0
+    out_ids = torch.empty_like(ids)
+    labels = torch.empty_like(ids)
+    flags = torch.zeros(batch, max_chunks, dtype=torch.int8, device=device)
+    chunk_index = torch.full((batch, max(max_chunks, 1)), -1, dtype=torch.int64, device=device)
+    positions = torch.zeros(batch, max(max_chunks, 1) * chunk_size, dtype=torch.int64, device=device)
+    counts = torch.zeros(batch, dtype=torch.int32, device=device)
+    if batch:
+        kernel(_chunk_mask_kernel)[(batch,)](
+            ids, out_ids, labels, flags, chunk_index, positions, counts, prompt_lens, seq_lens,
+            seed_key(seed), mask_threshold(mask_prob), mask_id, seq_len, max_chunks, chunk_size,
+            BLOCK_N=max(16, next_power_of_2(max_chunks)), BLOCK_C=max(2, next_power_of_2(chunk_size)),
+            BLOCK_L=_MASK_BLOCK_L)
+    width = int(counts.max().item()) if batch else 0
+    layout = CompactLayout(chunk_index[:, :width].contiguous(), positions[:, :width * chunk_size].contiguous())
+    return ChunkMask(out_ids.to(input_ids.dtype), labels, flags.bool()), layout
+
+
 def chunk_mask(input_ids: torch.Tensor, prompt_lens: torch.Tensor, *, chunk_size: int = 16, mask_prob: float = 0.3,
                mask_id: int, generator: torch.Generator | None = None, backend: str = "auto",
-               attention_mask: torch.Tensor | None = None, chunk_masked: torch.Tensor | None = None) -> ChunkMask:
+               attention_mask: torch.Tensor | None = None, chunk_masked: torch.Tensor | None = None,
+               seed: int | None = None) -> ChunkMask:
     """Mask whole response chunks (DESIGN.md §1). See `chunk_mask_eager` for shapes.
 
-    backend: "eager" | "cpp" | "triton" | "auto". Fused backends draw from a counter-based RNG
-    and therefore do not consume `generator`; "auto" resolves to eager until they exist.
+    backend: "eager" | "cpp" | "triton" | "auto" ("auto": triton on CUDA, else eager / cpp).
+    The eager default draws from `generator` (torch.rand). `seed`, and every fused backend, use the
+    counter-based draw of `chunk_mask_counter` instead; a fused backend without `seed` takes one
+    64-bit seed from `generator` (reproducible under a seeded generator). `chunk_masked` overrides
+    the draw and always runs the eager reference.
     """
-    if backend not in ("auto", "eager", "cpp", "triton"):
-        raise ValueError(f"unknown backend {backend!r}; expected auto, eager, cpp or triton")
-    return chunk_mask_eager(input_ids, prompt_lens, chunk_size=chunk_size, mask_prob=mask_prob, mask_id=mask_id,
-                            generator=generator, attention_mask=attention_mask, chunk_masked=chunk_masked)
+    resolved = resolve_backend("chunk_mask", backend, input_ids.device)
+    if chunk_masked is not None or (resolved == "eager" and seed is None):
+        return chunk_mask_eager(input_ids, prompt_lens, chunk_size=chunk_size, mask_prob=mask_prob, mask_id=mask_id,
+                                generator=generator, attention_mask=attention_mask, chunk_masked=chunk_masked)
+    if seed is None:
+        seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator).item())
+    kwargs = dict(seed=seed, chunk_size=chunk_size, mask_prob=mask_prob, mask_id=mask_id,
+                  attention_mask=attention_mask)
+    if resolved == "triton":
+        return chunk_mask_counter_triton(input_ids, prompt_lens, **kwargs)[0]
+    if resolved == "cpp":
+        return cpp_impl("chunk_mask")(input_ids, prompt_lens, **kwargs)[0]
+    return chunk_mask_counter(input_ids, prompt_lens, **kwargs)[0]
+
+
+def chunk_mask_aot_specs() -> list[dict]:
+    """The masking kernel configs the dispatcher can launch (BLOCK_N grows with the chunk count)."""
+    fn = kernel(_chunk_mask_kernel)
+    signature = {"IDS": "*i64", "OUT_IDS": "*i64", "LABELS": "*i64", "CHUNK_MASKED": "*i8", "CHUNK_INDEX": "*i64",
+                 "POSITIONS": "*i64", "COUNTS": "*i32", "PL": "*i32", "SL": "*i32", "key": "i64", "threshold": "i32",
+                 "mask_id": "i32", "L": "i32", "N": "i32", "C": "i32"}
+    return [dict(name=f"chunk_mask.kernel[N{block_n},C{block_c}]", fn=fn, signature=signature,
+                 constexprs=dict(BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_L=_MASK_BLOCK_L), num_warps=4, num_stages=1)
+            for block_n in (16, 64, 256, 1024) for block_c in (16, 32, 64)]
 
 
 def diffusion_mask(input_ids: torch.Tensor, src_mask: torch.Tensor | None, *, mask_id: int, eps: float = 1e-3,
