@@ -23,9 +23,11 @@ ATTN_IMPLEMENTATION = "chunksft"
 class ChunkLayout:
     """Visibility metadata of one backbone pass.
 
-    layout: "bd3" (keys/queries are `[x_t ; x_0]`), "block_causal" or "bidirectional".
+    layout: "bd3" (keys/queries are `[x_t ; x_0]`), "compact" (`[masked chunks of x_t ; x_0]`),
+    "block_causal" or "bidirectional".
     prompt_lens: int [B] (chunk layouts). seq_lens: int [B] valid tokens per stream (right padding).
     key_padding: bool [B, S_k], True = real key (bidirectional passes, incl. cached generation).
+    chunk_index: int [B, NM] masked chunk ids per row, ascending, -1 padded ("compact" only).
     """
 
     layout: str = "bidirectional"
@@ -34,6 +36,7 @@ class ChunkLayout:
     seq_lens: torch.Tensor | None = None
     key_padding: torch.Tensor | None = None
     backend: str = "auto"
+    chunk_index: torch.Tensor | None = None
 
 
 @functools.lru_cache(maxsize=1)
@@ -57,7 +60,8 @@ def chunksft_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.
         out = _bidirectional(query, key, value, layout.key_padding, scaling)
     else:
         out = chunk_attention(query, key, value, prompt_lens=layout.prompt_lens, chunk_size=layout.chunk_size,
-                              layout=layout.layout, backend=layout.backend, seq_lens=layout.seq_lens, scale=scaling)
+                              layout=layout.layout, backend=layout.backend, seq_lens=layout.seq_lens, scale=scaling,
+                              chunk_index=layout.chunk_index)
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -35,6 +35,8 @@ class HybridConfig(PreTrainedConfig):
     the mask token's input embedding even with a frozen backbone.
     head_hidden_size / head_num_heads: width of the refinement head's core block.
     confidence_threshold: inference halting threshold. backend: ops backend (auto|eager|cpp|triton).
+    compact_noisy_stream: run the bd3 pass with x_t reduced to its masked chunks (same result, fewer
+    tokens: L + masked*C instead of 2L); False runs the full `[x_t ; x_0]` sequence.
     """
 
     model_type = "chunksft_hybrid"
@@ -44,7 +46,8 @@ class HybridConfig(PreTrainedConfig):
                  max_recursive_steps: int = 8, latent_steps: int = 2, deep_supervision_weight: float = 0.3,
                  enable_deep_supervision: bool = True, freeze_backbone: bool = True,
                  train_mask_embedding: bool = False, head_hidden_size: int = 256, head_num_heads: int = 4,
-                 confidence_threshold: float = 0.9, backend: str = "auto", **kwargs):
+                 confidence_threshold: float = 0.9, backend: str = "auto", compact_noisy_stream: bool = True,
+                 **kwargs):
         if backbone is None:
             backbone = dict(TINY_BACKBONE)
         if isinstance(backbone, PreTrainedConfig):
@@ -75,6 +78,7 @@ class HybridConfig(PreTrainedConfig):
         self.head_num_heads = head_num_heads
         self.confidence_threshold = confidence_threshold
         self.backend = backend
+        self.compact_noisy_stream = compact_noisy_stream
         kwargs.setdefault("pad_token_id", self.backbone.get("pad_token_id"))
         kwargs.setdefault("eos_token_id", self.backbone.get("eos_token_id"))
         kwargs.setdefault("tie_word_embeddings", False)

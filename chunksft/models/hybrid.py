@@ -20,6 +20,7 @@ from chunksft.models.head import RefinementHead
 from chunksft.objectives.chunk_sft import chunk_sft_loss, masked_token_ce, token_ce
 from chunksft.objectives.diffusion import diffusion_loss
 from chunksft.ops import chunk_mask, diffusion_mask
+from chunksft.ops.chunk_attention import compact_positions
 from chunksft.ops.chunk_mask import chunk_positions
 
 TRAINING_MODES = ("pretrain", "sft", "chunk_sft")
@@ -190,17 +191,20 @@ class HybridModel(PreTrainedModel):
         drawn = chunk_mask(input_ids, prompt_lens, chunk_size=cfg.chunk_size, mask_prob=cfg.mask_probability,
                            mask_id=cfg.mask_token_id, generator=generator, backend=cfg.backend,
                            attention_mask=attention_mask, chunk_masked=chunk_masked)
-        # One pass over [x_t ; x_0]: both streams share position ids.
-        positions = torch.arange(seq_len, device=input_ids.device).repeat(2)[None].expand(batch, -1)
-        layout = self._layout("bd3", attention_mask, prompt_lens)
-        states = self.backbone_states(torch.cat([drawn.input_ids, input_ids], dim=1), layout, position_ids=positions)
-        noisy_states = states[:, :seq_len]
-
-        index = drawn.chunk_masked.nonzero()  # [M, 2] (row, chunk)
+        index = drawn.chunk_masked.nonzero()  # [M, 2] (row, chunk), row-major
         token_pos = chunk_positions(prompt_lens.to(input_ids.device), seq_len, cfg.chunk_size,
                                     drawn.chunk_masked.shape[1])[index[:, 0], index[:, 1]]  # [M, C]
         rows = index[:, :1].expand_as(token_pos)
-        chunk_states = noisy_states[rows, token_pos]  # [M, C, H]
+        if cfg.compact_noisy_stream:
+            noisy_states, chunk_states = self._compact_pass(input_ids, drawn.chunk_masked, attention_mask,
+                                                            prompt_lens, rows, token_pos)
+        else:
+            # [x_t ; x_0] in full: both streams share position ids.
+            positions = torch.arange(seq_len, device=input_ids.device).repeat(2)[None].expand(batch, -1)
+            states = self.backbone_states(torch.cat([drawn.input_ids, input_ids], dim=1),
+                                          self._layout("bd3", attention_mask, prompt_lens), position_ids=positions)
+            noisy_states = states[:, :seq_len]
+            chunk_states = noisy_states[rows, token_pos]  # [M, C, H]
         targets = input_ids[rows, token_pos]
         if refine:
             trace = self.refine(chunk_states)
@@ -223,6 +227,31 @@ class HybridModel(PreTrainedModel):
         return HybridOutput(logits, loss, metrics, noisy_input_ids=drawn.input_ids, labels=drawn.labels,
                             chunk_masked=drawn.chunk_masked, chunk_index=index, chunk_targets=targets,
                             chunk_predictions=final.detach().argmax(dim=-1), chunk_ce=chunk_ce)
+
+    def _compact_pass(self, input_ids, chunk_masked, attention_mask, prompt_lens, rows, token_pos):
+        """The bd3 pass with x_t reduced to its masked chunks: `[masked chunks of x_t ; x_0]`.
+
+        Every x_t position outside a masked chunk holds its clean token and sees the same keys as
+        its x_0 twin, so its output equals the clean stream's: only masked chunks need computing.
+        Returns (x_t-stream states [B, L, H], masked-chunk states [M, C, H] in `chunk_masked.nonzero()` order).
+        """
+        cfg = self.config
+        n_chunks = chunk_masked.shape[1]
+        ids = torch.arange(n_chunks, device=chunk_masked.device).expand_as(chunk_masked)
+        ascending = torch.sort(torch.where(chunk_masked, ids, n_chunks), dim=1).values
+        chunk_index = ascending[:, :int(chunk_masked.sum(dim=1).max())]
+        chunk_index = torch.where(chunk_index < n_chunks, chunk_index, -1)  # [B, NM], -1 padded
+        slot_pos, real = compact_positions(chunk_index, prompt_lens, cfg.chunk_size, input_ids.shape[1])
+        pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else cfg.mask_token_id
+        slot_ids = torch.where(real, cfg.mask_token_id, pad_id)
+        positions = torch.cat([slot_pos, torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)],
+                              dim=1)
+        layout = self._layout("compact", attention_mask, prompt_lens)
+        layout.chunk_index = chunk_index
+        states = self.backbone_states(torch.cat([slot_ids, input_ids], dim=1), layout, position_ids=positions)
+        n_slots = slot_ids.shape[1]
+        chunk_states = states[:, :n_slots].unflatten(1, (-1, cfg.chunk_size))[chunk_index >= 0]  # [M, C, H]
+        return states[:, n_slots:].index_put((rows, token_pos), chunk_states), chunk_states
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()

@@ -8,10 +8,10 @@ from chunksft.objectives.chunk_sft import chunk_sft_loss, per_chunk_loop
 C = 16
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=[True, False], ids=["compact", "full_bd3"])
+def model(request):
     torch.manual_seed(0)
-    m = HybridModel(HybridConfig(max_recursive_steps=3, freeze_backbone=False))
+    m = HybridModel(HybridConfig(max_recursive_steps=3, freeze_backbone=False, compact_noisy_stream=request.param))
     # A non-zero delta so the refinement actually changes y (the fresh head starts as identity).
     torch.nn.init.normal_(m.head.delta.weight, std=0.02)
     return m.eval()
