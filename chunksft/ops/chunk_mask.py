@@ -196,7 +196,7 @@ def _mix32_tl(x):
 @lazy_jit
 def _chunk_mask_kernel(IDS, OUT_IDS, LABELS, CHUNK_MASKED, CHUNK_INDEX, POSITIONS, COUNTS, PL, SL,
                        key, threshold, mask_id, L, N, C,
-                       BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+                       BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
     """One row per program: draw its chunks, write chunk flags, compact index / positions, then
     masked ids and labels (per token the flag is recomputed from the hash, so no program reads back
     what another thread of it wrote). CHUNK_INDEX / POSITIONS come pre-filled with -1 / 0."""
@@ -220,10 +220,8 @@ def _chunk_mask_kernel(IDS, OUT_IDS, LABELS, CHUNK_MASKED, CHUNK_INDEX, POSITION
     tl.store(COUNTS + row, count)
     rank = tl.cumsum(masked.to(tl.int32), axis=0) - 1
     tl.store(CHUNK_INDEX + row64 * N + rank, j.to(tl.int64), mask=masked)
-    o = tl.arange(0, BLOCK_C)
-    slot = rank[:, None] * C + o[None, :]
-    tl.store(POSITIONS + row64 * N * C + slot, (P + j[:, None] * C + o[None, :]).to(tl.int64),
-             mask=masked[:, None] & (o[None, :] < C))
+    for o in range(0, C):
+        tl.store(POSITIONS + row64 * N * C + rank * C + o, (P + j * C + o).to(tl.int64), mask=masked)
     for start in range(0, L, BLOCK_L):
         pos = start + tl.arange(0, BLOCK_L)
         rel = pos - P
@@ -237,6 +235,8 @@ def _chunk_mask_kernel(IDS, OUT_IDS, LABELS, CHUNK_MASKED, CHUNK_INDEX, POSITION
 
 
 _MASK_BLOCK_L = 1024
+# One program holds all chunk flags of its row; BLOCK_N = next power of 2 >= chunks (16 ... 1024).
+_MAX_CHUNKS = 1024
 
 
 def chunk_mask_counter_triton(input_ids: torch.Tensor, prompt_lens: torch.Tensor, *, seed: int, chunk_size: int = 16,
@@ -253,6 +253,9 @@ def chunk_mask_counter_triton(input_ids: torch.Tensor, prompt_lens: torch.Tensor
     seq_lens = _seq_lens(input_ids, attention_mask).to(torch.int32).contiguous()
     n_chunks = num_chunks(prompt_lens.long(), seq_lens.long(), chunk_size)
     max_chunks = int(n_chunks.max().item()) if batch else 0
+    if max_chunks > _MAX_CHUNKS:
+        raise ValueError(f"chunk_mask triton backend handles up to {_MAX_CHUNKS} chunks per row, got {max_chunks}; "
+                         "use backend='eager' (same draw with seed=...) or a larger chunk_size")
     out_ids = torch.empty_like(ids)
     labels = torch.empty_like(ids)
     flags = torch.zeros(batch, max_chunks, dtype=torch.int8, device=device)
@@ -263,8 +266,7 @@ def chunk_mask_counter_triton(input_ids: torch.Tensor, prompt_lens: torch.Tensor
         kernel(_chunk_mask_kernel)[(batch,)](
             ids, out_ids, labels, flags, chunk_index, positions, counts, prompt_lens, seq_lens,
             seed_key(seed), mask_threshold(mask_prob), mask_id, seq_len, max_chunks, chunk_size,
-            BLOCK_N=max(16, next_power_of_2(max_chunks)), BLOCK_C=max(2, next_power_of_2(chunk_size)),
-            BLOCK_L=_MASK_BLOCK_L)
+            BLOCK_N=max(16, next_power_of_2(max_chunks)), BLOCK_L=_MASK_BLOCK_L, num_warps=4, num_stages=1)
     width = int(counts.max().item()) if batch else 0
     layout = CompactLayout(chunk_index[:, :width].contiguous(), positions[:, :width * chunk_size].contiguous())
     return ChunkMask(out_ids.to(input_ids.dtype), labels, flags.bool()), layout
@@ -297,15 +299,15 @@ def chunk_mask(input_ids: torch.Tensor, prompt_lens: torch.Tensor, *, chunk_size
     return chunk_mask_counter(input_ids, prompt_lens, **kwargs)[0]
 
 
-def chunk_mask_aot_specs() -> list[dict]:
+def aot_specs() -> list[dict]:
     """The masking kernel configs the dispatcher can launch (BLOCK_N grows with the chunk count)."""
     fn = kernel(_chunk_mask_kernel)
     signature = {"IDS": "*i64", "OUT_IDS": "*i64", "LABELS": "*i64", "CHUNK_MASKED": "*i8", "CHUNK_INDEX": "*i64",
                  "POSITIONS": "*i64", "COUNTS": "*i32", "PL": "*i32", "SL": "*i32", "key": "i64", "threshold": "i32",
                  "mask_id": "i32", "L": "i32", "N": "i32", "C": "i32"}
-    return [dict(name=f"chunk_mask.kernel[N{block_n},C{block_c}]", fn=fn, signature=signature,
-                 constexprs=dict(BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_L=_MASK_BLOCK_L), num_warps=4, num_stages=1)
-            for block_n in (16, 64, 256, 1024) for block_c in (16, 32, 64)]
+    return [dict(name=f"chunk_mask.kernel[N{block_n}]", fn=fn, signature=signature,
+                 constexprs=dict(BLOCK_N=block_n, BLOCK_L=_MASK_BLOCK_L), num_warps=4, num_stages=1)
+            for block_n in (16, 32, 64, 128, 256, 512, _MAX_CHUNKS)]
 
 
 def diffusion_mask(input_ids: torch.Tensor, src_mask: torch.Tensor | None, *, mask_id: int, eps: float = 1e-3,

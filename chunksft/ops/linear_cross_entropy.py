@@ -100,7 +100,7 @@ def _row_ce_kernel(LOGITS, stride_row, TARGETS, COEF, CE, V, HAS_GRAD: tl.conste
             tl.store(base + cols, grad * coef, mask=cols < V)
 
 
-ROW_KERNEL_CONFIG = dict(BLOCK_V=4096, num_warps=8)
+ROW_KERNEL_CONFIG = dict(BLOCK_V=4096, num_warps=8, num_stages=1)
 
 
 def _row_ce_triton(logits: torch.Tensor, targets: torch.Tensor, coef: torch.Tensor | None) -> torch.Tensor:
@@ -119,7 +119,8 @@ def aot_specs() -> list[dict]:
     signature = {"LOGITS": "*fp32", "stride_row": "i32", "TARGETS": "*i64", "COEF": "*fp32", "CE": "*fp32", "V": "i32"}
     return [dict(name=f"linear_cross_entropy.row_ce[grad={grad}]", fn=fn, signature=signature,
                  constexprs=dict(HAS_GRAD=grad, BLOCK_V=ROW_KERNEL_CONFIG["BLOCK_V"]),
-                 num_warps=ROW_KERNEL_CONFIG["num_warps"], num_stages=1) for grad in (False, True)]
+                 num_warps=ROW_KERNEL_CONFIG["num_warps"], num_stages=ROW_KERNEL_CONFIG["num_stages"])
+            for grad in (False, True)]
 
 
 # ----------------------------------------------------------------------------------------------
