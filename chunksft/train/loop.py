@@ -78,6 +78,7 @@ class Trainer:
         self.step, self.epoch, self.micro_index, self.skipped = 0, 0, 0, 0
         if self.resume_point is not None:
             self._load(self.resume_point)
+        self.start_step = self.step
         self.logger = MetricsLogger(self.out_dir, start_step=self.step,
                                     tensorboard=cfg.logging.tensorboard) if dist_info.is_main else None
 
@@ -207,7 +208,8 @@ class Trainer:
             if t.eval_interval and self.step % t.eval_interval == 0 and self.step < self.total_steps:
                 self.evaluate()
         bar.close()
-        if self.step == stop and not (cfg.checkpoint.save_interval and self.step % cfg.checkpoint.save_interval == 0):
+        saved_now = cfg.checkpoint.save_interval and self.step % cfg.checkpoint.save_interval == 0
+        if self.step > self.start_step and not saved_now:  # a finished run resumed again has nothing new
             self.save()
         result = self.evaluate() if self.step >= self.total_steps else {}
         if cfg.logging.save_eval_logits and self.step >= self.total_steps:

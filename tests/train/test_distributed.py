@@ -100,3 +100,12 @@ def test_export_of_a_missing_checkpoint_is_one_line(tmp_path):
                check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "no global_step<N> checkpoint" in proc.stderr
+
+
+def test_universal_cli_converts_newest_tag(run_a, tmp_path):
+    shutil.copytree(run_a / "checkpoints" / f"global_step{STEPS}", tmp_path / "checkpoints" / f"global_step{STEPS}")
+    proc = run(module_cmd("chunksft.checkpoint.universal", "--checkpoint", str(tmp_path)))
+    universal = tmp_path / "checkpoints" / f"global_step{STEPS}_universal"
+    assert str(universal) in proc.stdout
+    assert json.loads((universal / "COMPLETE").read_text())["universal"] is True
+    assert any((universal / "zero").iterdir())
