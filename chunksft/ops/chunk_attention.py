@@ -10,13 +10,15 @@ where `chunk_index` int [B, NM] lists each row's masked chunk ids in increasing 
 padding slots attend nothing and return 0.
 
 Triton path (FlashAttention-2 style): the forward and the dQ kernel own a query tile, the dK/dV kernel
-owns a key tile and loops over the query heads of its GQA group. Visibility is evaluated per element
-from prompt_lens / chunk_size / seq_lens (and chunk_index for "compact") with the same predicate as
-`masks.visible`; the tiles a program visits come from the same block ids: per query tile the union of
-its queries' visible keys is one own-chunk interval in x_t plus one prefix of x_0, and per key tile the
-queries that see it are one own-chunk interval and one suffix of x_t plus one suffix of x_0. Every key
-(query) in those intervals is visible to some query (key) of the tile, so the visited tiles are exactly
-the tiles with at least one visible pair (`test_chunk_attention.py::test_tile_schedule`).
+owns a key tile and loops over the query heads of its GQA group. No mask is stored: from prompt_lens /
+chunk_size / seq_lens (and chunk_index for "compact") each query row derives the keys `masks.visible`
+grants it, which in every layout are two intervals (its own chunk in x_t, a prefix of x_0, both cut at
+seq_lens), so a tile's mask is four integer compares per element. The tiles a program visits come from
+the same block ids: per query tile the union of its rows' intervals is one interval in x_t plus one
+prefix of x_0; per key tile the queries that see it are one own-chunk interval and one suffix of x_t
+plus one suffix of x_0. Every key (query) in those unions is visible to some query (key) of the tile,
+so the visited tiles are exactly the tiles with at least one visible pair
+(`tests/ops/test_chunk_attention.py::test_tile_schedule_is_exactly_the_visible_tiles`).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from chunksft.ops._backend import resolve_backend
-from chunksft.ops._triton import interpreter_enabled, kernel, lazy_jit, next_power_of_2
+from chunksft.ops._triton import kernel, lazy_jit, next_power_of_2
 from chunksft.ops.masks import LAYOUTS, chunk_attention_mask
 
 

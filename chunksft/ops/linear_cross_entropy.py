@@ -163,7 +163,10 @@ def _blocked(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, 
         if coef is not None:
             grad_logits = logits if w.dtype == torch.float32 else logits.to(w.dtype)
             grad_hidden[idx] = _matmul_fp32(grad_logits, w).to(hidden.dtype)
-            grad_weight += _matmul_fp32(grad_logits.T, h_mm)
+            if grad_logits.dtype == torch.float32:
+                grad_weight.addmm_(grad_logits.T, h_mm)  # in place: no [V, H] temporary per block
+            else:
+                grad_weight += _matmul_fp32(grad_logits.T, h_mm)
     return ce, grad_hidden, grad_weight
 
 
@@ -202,9 +205,10 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
             _, grad_hidden, grad_weight = _blocked(hidden, weight, targets, rows, coef, ctx.row_kernel, ctx.block)
         else:
             grad_hidden, grad_weight = ctx.saved_tensors
-            scale = grad_out.float()
-            grad_hidden = (grad_hidden.float() * scale).to(grad_hidden.dtype)
-            grad_weight = grad_weight * scale
+            # Scaled in place: a [V, H] fp32 copy would double the memory this path saves. (A second
+            # backward through the same graph then fails loudly on the saved tensors' version.)
+            grad_hidden = grad_hidden.mul_(grad_out.to(grad_hidden.dtype))
+            grad_weight = grad_weight.mul_(grad_out.float())
         return grad_hidden, grad_weight.to(ctx.weight_dtype), None, None, None, None, None, None
 
 

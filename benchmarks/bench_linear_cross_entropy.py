@@ -1,0 +1,75 @@
+"""Linear cross-entropy: eager (fp32 logits + F.cross_entropy) vs the row-blocked fused paths.
+
+Default shape = DESIGN.md §4 (N=2048, H=1024, V=151936, fp32, fwd+bwd). Reports time, peak extra
+memory (RSS on CPU, allocator on CUDA) and the relative error of loss and gradients vs eager.
+
+    python benchmarks/bench_linear_cross_entropy.py             # CPU: eager vs chunked
+    python benchmarks/bench_linear_cross_entropy.py --device cuda
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import device_arg, measure, report, unavailable  # noqa: E402
+
+from chunksft.ops.linear_cross_entropy import linear_cross_entropy  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--rows", type=int, default=2048)
+    parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--vocab", type=int, default=151936)
+    parser.add_argument("--dtype", default="fp32", choices=list(DTYPES))
+    parser.add_argument("--ignored", type=float, default=0.0, help="fraction of rows with target -100")
+    parser.add_argument("--reps", type=int, default=2)
+    args = parser.parse_args(argv)
+    device = device_arg(args.device)
+    dtype = DTYPES[args.dtype]
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(args.rows, args.hidden, generator=gen).to(device, dtype)
+    weight = (torch.randn(args.vocab, args.hidden, generator=gen) / args.hidden ** 0.5).to(device, dtype)
+    targets = torch.randint(0, args.vocab, (args.rows,), generator=gen)
+    targets[torch.rand(args.rows, generator=gen) < args.ignored] = -100
+    targets = targets.to(device)
+    grads = {}
+
+    def step(backend):
+        def run():
+            h, w = hidden.detach().requires_grad_(), weight.detach().requires_grad_()
+            loss = linear_cross_entropy(h, w, targets, backend=backend)
+            loss.backward()
+            grads[backend] = (loss.detach(), h.grad, w.grad)
+        return run
+
+    backends = ["eager", "chunked"] + (["triton"] if device == "cuda" else [])
+    rows = []
+    for backend in backends:
+        rows.append(measure(backend, "fwd+bwd", step(backend), device, reps=args.reps))
+    if device != "cuda":
+        rows.append(unavailable("triton", "fwd+bwd", "needs a GPU (run with --device cuda)"))
+    ref = grads["eager"]
+    for row in rows:
+        if row.provider in grads and row.provider != "eager":
+            errs = [((a.float() - b.float()).norm() / b.float().norm()).item() for a, b in zip(grads[row.provider], ref)]
+            row.note = "rel err loss {:.1e} dh {:.1e} dW {:.1e}".format(*errs)
+            row.extra["rel_err"] = errs
+    eager_peak = rows[0].peak_mb
+    for row in rows[1:]:
+        if row.peak_mb is not None and eager_peak:
+            row.note += f"; {100 * row.peak_mb / eager_peak:.0f}% of eager's extra memory"
+    report(f"linear_cross_entropy_{device}", rows, rate_unit="-", baseline="eager",
+           meta=dict(device=device, dtype=args.dtype, N=args.rows, H=args.hidden, V=args.vocab,
+                     ignored=args.ignored, threads=torch.get_num_threads()))
+
+
+if __name__ == "__main__":
+    main()
