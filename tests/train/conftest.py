@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from launching import BIN, HALF, STEPS, deepspeed_cmd, free_port, launch_pair, run
+from launching import HALF, STEPS, deepspeed_cmd, free_port, launch_pair, run
 
 
 @pytest.fixture(scope="session")
@@ -47,19 +47,17 @@ def run_a(tmp_path_factory, train_flags) -> Path:
 
 @pytest.fixture(scope="session")
 def run_b(tmp_path_factory, train_flags) -> Path:
-    """Interrupted twin of run_a: torchrun steps 1..3 and stop; then a newer incomplete tag is faked
-    (a save killed midway); then two "nodes" (two deepspeed launcher invocations with node ranks
-    0 and 1, loopback rendezvous) resume in fresh processes and run steps 4..6."""
+    """Interrupted twin of run_a through the launch scripts: launch/train_torchrun.sh runs steps
+    1..3 and stops; a newer incomplete tag is faked (a save killed midway); then two "nodes"
+    (launch/train.sh twice, NODE_RANK 0 and 1, loopback rendezvous) resume in fresh processes and
+    run steps 4..6."""
     out = tmp_path_factory.mktemp("run_b")
-    run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "chunksft.train",
-         *train_flags, "--output_dir", str(out), "--stop_at_step", str(HALF)], log=out / "launch1.log")
+    config, flags = train_flags[1], [*train_flags[2:], "--output_dir", str(out)]
+    run(["bash", "launch/train_torchrun.sh", config, *flags, "--stop_at_step", str(HALF)],
+        env={"NPROC_PER_NODE": "2", "MASTER_PORT": str(free_port())}, log=out / "launch1.log")
     ckpts = out / "checkpoints"
     shutil.copytree(ckpts / f"global_step{HALF}", ckpts / "global_step5")
     (ckpts / "global_step5" / "COMPLETE").unlink()
-    hostfile = out / "hostfile"
-    hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
-    port = str(free_port())
-    launch_pair([[str(BIN / "deepspeed"), "--hostfile", str(hostfile), "--no_ssh", "--node_rank", str(rank),
-                  "--master_addr", "127.0.0.1", "--master_port", port, "--module", "chunksft.train", *train_flags,
-                  "--output_dir", str(out)] for rank in (0, 1)])
+    node = {"NNODES": "2", "NPROC_PER_NODE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    launch_pair(["bash", "launch/train.sh", config, *flags], [{**node, "NODE_RANK": str(rank)} for rank in (0, 1)])
     return out

@@ -24,16 +24,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_env() -> dict:
-    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+def run_env(**extra: str) -> dict:
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
     env.pop("DEBUG", None)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     return env
 
 
-def run(cmd: list[str], *, timeout: int = 600, check: bool = True, log: Path | None = None) -> subprocess.CompletedProcess:
-    """Run `cmd` from the repository root; on an unexpected exit code fail with the output's tail."""
-    proc = subprocess.run(cmd, cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=timeout)
+def run(cmd: list[str], *, timeout: int = 600, check: bool = True, log: Path | None = None,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run `cmd` from the repository root (extra `env` variables); on an unexpected exit code fail
+    with the output's tail."""
+    proc = subprocess.run(cmd, cwd=REPO, env=run_env(**(env or {})), capture_output=True, text=True,
+                          timeout=timeout)
     if log is not None:
         log.write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
     if check and proc.returncode != 0:
@@ -41,10 +44,10 @@ def run(cmd: list[str], *, timeout: int = 600, check: bool = True, log: Path | N
     return proc
 
 
-def launch_pair(cmds: list[list[str]], *, timeout: int = 600) -> None:
-    """Start several launcher commands at once (one per "node") and wait for all of them."""
-    procs = [subprocess.Popen(c, cwd=REPO, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for c in cmds]
+def launch_pair(cmd: list[str], envs: list[dict[str, str]], *, timeout: int = 600) -> None:
+    """Start `cmd` once per "node" (one `envs` entry each) at the same time and wait for all."""
+    procs = [subprocess.Popen(cmd, cwd=REPO, env=run_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for env in envs]
     outputs = [p.communicate(timeout=timeout)[0] for p in procs]
     for proc, out in zip(procs, outputs):
         if proc.returncode != 0:
