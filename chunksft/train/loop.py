@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from chunksft.checkpoint.manager import CheckpointError, CheckpointManager, check_config_hash, find_resume
+from chunksft.checkpoint.manager import CheckpointManager, check_config_hash, find_resume
 from chunksft.data import ChunkCollator, StatefulDistributedSampler, build_dataset, debug_view, load_tokenizer
 from chunksft.data.template import extract_answer
 from chunksft.ops.chunk_mask import ChunkMask
@@ -105,7 +105,7 @@ class Trainer:
         if self.dist.is_main:
             try:
                 decision = find_resume(c.resume, self.out_dir, self.dist.world_size)
-            except CheckpointError as exc:
+            except Exception as exc:  # any failure (also inside the universal conversion) must reach every rank
                 decision = exc
         decision = broadcast_from_main(decision)
         if isinstance(decision, Exception):
