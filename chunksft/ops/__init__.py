@@ -9,3 +9,5 @@ __all__ = ["ChunkMask", "chunk_mask", "diffusion_mask", "chunk_attention_mask"]
 from chunksft.ops.chunk_attention import chunk_attention  # noqa: E402
 
 __all__.append("chunk_attention")
+# Registers the C++ CPU backend (csrc/) with the dispatchers; the extension itself loads on first use.
+from chunksft.ops import _cpp  # noqa: E402,F401

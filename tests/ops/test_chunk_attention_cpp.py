@@ -1,0 +1,130 @@
+"""C++ chunk attention (csrc/chunk_attention.cpp) == the eager reference: forward and dQ/dK/dV on awkward
+shapes (odd L, prompts not multiples of C, an empty prompt, GQA 4:1, right padding, a fully padded row,
+several query blocks and key pieces), every layout, fp32 to 1e-5 relative; dispatch and the model."""
+import pytest
+import torch
+
+from chunksft.ops import chunk_attention
+from chunksft.ops._backend import resolve_backend
+from chunksft.ops.chunk_attention import chunk_attention_compact_eager, chunk_attention_eager
+from tests.ops.cpp_support import max_rel_err, require_cpp
+
+CASES = {
+    "bd3-gqa4-odd": dict(layout="bd3", heads=(4, 1), seq_len=37, head_dim=32, chunk=5, prompts=[7, 12], lens=[37, 29]),
+    "bd3-noprompt-gqa2": dict(layout="bd3", heads=(4, 2), seq_len=23, head_dim=64, chunk=4, prompts=[0, 9],
+                              lens=[23, 17]),
+    "bd3-long": dict(layout="bd3", heads=(2, 1), seq_len=333, head_dim=16, chunk=16, prompts=[45, 70], lens=[333, 260]),
+    "bd3-empty-row": dict(layout="bd3", heads=(2, 2), seq_len=20, head_dim=8, chunk=4, prompts=[3, 0], lens=[20, 0]),
+    "block_causal-d24": dict(layout="block_causal", heads=(4, 2), seq_len=45, head_dim=24, chunk=4, prompts=[3, 10],
+                             lens=[45, 40]),
+    "bidirectional-pieces": dict(layout="bidirectional", heads=(2, 1), seq_len=1100, head_dim=16, chunk=4,
+                                 prompts=[5, 2], lens=[1100, 777]),
+    "compact-gqa4": dict(layout="compact", heads=(4, 1), seq_len=37, head_dim=32, chunk=5, prompts=[7, 12],
+                         lens=[37, 29], chunks=[[0, 2, 3, 5], [1, 3, -1, -1]]),
+    "compact-long": dict(layout="compact", heads=(2, 2), seq_len=200, head_dim=16, chunk=8, prompts=[17, 40],
+                         lens=[200, 150], chunks=[[0, 5, 9, 11, 20, 21], [1, 2, 13, -1, -1, -1]]),
+}
+
+
+def make_inputs(case, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    heads, kv_heads = case["heads"]
+    chunk_index = torch.tensor(case["chunks"]) if "chunks" in case else None
+    if case["layout"] == "compact":
+        total = chunk_index.shape[1] * case["chunk"] + case["seq_len"]
+    else:
+        total = case["seq_len"] * (2 if case["layout"] == "bd3" else 1)
+    shapes = [(2, heads, total, case["head_dim"])] + [(2, kv_heads, total, case["head_dim"])] * 2
+    q, k, v = (torch.randn(s, generator=g).to(dtype) for s in shapes)
+    kwargs = dict(prompt_lens=torch.tensor(case["prompts"]), chunk_size=case["chunk"],
+                  seq_lens=torch.tensor(case["lens"]), layout=case["layout"], chunk_index=chunk_index)
+    return (q, k, v), kwargs
+
+
+def reference(q, k, v, kwargs):
+    kwargs = dict(kwargs)
+    layout, chunk_index = kwargs.pop("layout"), kwargs.pop("chunk_index")
+    if layout == "compact":
+        return chunk_attention_compact_eager(q, k, v, chunk_index=chunk_index, **kwargs)
+    return chunk_attention_eager(q, k, v, layout=layout, **kwargs)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def extension():
+    return require_cpp()
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_forward_and_gradients_match_eager_fp32(name):
+    inputs, kwargs = make_inputs(CASES[name])
+    mine = [x.clone().requires_grad_() for x in inputs]
+    ref_in = [x.clone().requires_grad_() for x in inputs]
+    out = chunk_attention(*mine, backend="cpp", **kwargs)
+    ref = reference(*ref_in, kwargs)
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    assert max_rel_err(out, ref) < 1e-5
+    for label, a, b in zip("qkv", torch.autograd.grad(out, mine, grad), torch.autograd.grad(ref, ref_in, grad)):
+        assert max_rel_err(a, b) < 1e-5, f"d{label}"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_inputs_compute_in_fp32(dtype):
+    inputs, kwargs = make_inputs(CASES["bd3-gqa4-odd"], dtype=dtype)
+    mine = [x.clone().requires_grad_() for x in inputs]
+    ref_in = [x.float().requires_grad_() for x in inputs]
+    out = chunk_attention(*mine, backend="cpp", **kwargs)
+    ref = reference(*ref_in, kwargs)
+    assert out.dtype == dtype
+    # The only error is the final rounding to the half dtype.
+    torch.testing.assert_close(out.float(), ref, atol=1e-2, rtol=1e-2)
+    grads = torch.autograd.grad(out, mine, torch.ones_like(out))
+    for a, b in zip(grads, torch.autograd.grad(ref, ref_in, torch.ones_like(ref))):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.float(), b, atol=2e-2, rtol=2e-2)
+
+
+def test_non_contiguous_heads_layout():
+    """q, k, v as the backbone produces them: [B, S, H, D] memory viewed as [B, H, S, D]."""
+    (q, k, v), kwargs = make_inputs(CASES["bd3-noprompt-gqa2"])
+    views = [x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v)]
+    assert not views[0].is_contiguous()
+    torch.testing.assert_close(chunk_attention(*views, backend="cpp", **kwargs), reference(q, k, v, kwargs),
+                               atol=1e-6, rtol=1e-5)
+
+
+def test_auto_picks_cpp_on_cpu(monkeypatch):
+    (q, k, v), kwargs = make_inputs(CASES["block_causal-d24"])
+    assert resolve_backend("chunk_attention", "auto", q.device) == "cpp"
+    torch.testing.assert_close(chunk_attention(q, k, v, backend="auto", **kwargs),
+                               chunk_attention(q, k, v, backend="cpp", **kwargs), atol=0, rtol=0)
+    monkeypatch.setenv("CHUNKSFT_BACKEND", "eager")
+    assert resolve_backend("chunk_attention", "cpp", q.device) == "eager"
+
+
+def test_model_chunk_sft_cpp_matches_eager():
+    """HybridModel(backend="cpp") in chunk_sft: same loss and gradients as backend="eager"."""
+    from chunksft.models import HybridConfig, HybridModel
+
+    torch.manual_seed(0)
+    models = {}
+    for backend in ("eager", "cpp"):
+        torch.manual_seed(0)
+        models[backend] = HybridModel(HybridConfig(backend=backend, freeze_backbone=False)).train()
+    models["cpp"].load_state_dict(models["eager"].state_dict())
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(5, 200, (2, 71), generator=g)
+    attn = torch.ones_like(ids)
+    attn[1, 60:] = 0
+    prompts = torch.tensor([9, 14])
+    chunk_masked = torch.tensor([[True, False, True, False], [False, True, True, False]])
+    losses, grads = {}, {}
+    for backend, model in models.items():
+        out = model(ids, attention_mask=attn, prompt_lens=prompts, training_mode="chunk_sft", chunk_masked=chunk_masked)
+        out.loss.backward()
+        losses[backend] = out.loss.detach()
+        grads[backend] = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    torch.testing.assert_close(losses["cpp"], losses["eager"], atol=1e-5, rtol=1e-5)
+    assert grads["cpp"].keys() == grads["eager"].keys() and grads["eager"]
+    for name, grad in grads["eager"].items():
+        assert max_rel_err(grads["cpp"][name], grad) < 1e-4, name
