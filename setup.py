@@ -3,7 +3,38 @@
 Install torch first (`pip install torch==2.13.0`, a CPU wheel on the dev machines); the ranges
 below are satisfied by it, so pip never pulls a second (CUDA) torch.
 """
+import os
+import warnings
+from glob import glob
+
 from setuptools import find_packages, setup
+
+
+def cpp_extension() -> dict:
+    """csrc/ as the `chunksft._C` torch extension when torch and a compiler are usable at build time.
+
+    Optional: CHUNKSFT_SKIP_CPP=1, no torch in the build environment (pip's build isolation) or a
+    failed compile just skip it, and chunksft JIT-builds csrc/ on first use instead (chunksft/ops/_cpp.py).
+    """
+    if os.environ.get("CHUNKSFT_SKIP_CPP", "0") == "1":
+        return {}
+    try:
+        from torch.utils.cpp_extension import BuildExtension, CppExtension
+    except ImportError:
+        return {}
+
+    class OptionalBuildExt(BuildExtension):
+        def run(self):
+            try:
+                super().run()
+            except Exception as exc:  # noqa: BLE001 - the extension is an optimisation, never a requirement
+                warnings.warn(f"chunksft: C++ extension not built ({exc}); it will be JIT-built on first use")
+
+    # Flags: keep in sync with chunksft/ops/_cpp.py CXX_FLAGS.
+    ext = CppExtension("chunksft._C", sorted(glob("csrc/*.cpp")),
+                       extra_compile_args=["-O3", "-fopenmp-simd", "-fno-trapping-math", "-fno-math-errno"])
+    return {"ext_modules": [ext], "cmdclass": {"build_ext": OptionalBuildExt}}
+
 
 setup(
     name="chunksft",
@@ -19,6 +50,7 @@ setup(
         "tokenizers>=0.21",
         "datasets>=3.0",
         "deepspeed>=0.19,<0.20",
+        "accelerate>=1.1",  # transformers' HfDeepSpeedConfig (ZeRO-3 aware loading) needs it
         "safetensors",
         "pyyaml",
         "tqdm",
@@ -39,4 +71,5 @@ setup(
             "chunksft-evaluate=chunksft.evaluate:main",
         ]
     },
+    **cpp_extension(),
 )

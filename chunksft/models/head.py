@@ -16,16 +16,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
-
-
 class CoreBlock(nn.Module):
     """Pre-norm transformer block over the C tokens of one chunk (bidirectional within the chunk)."""
 
@@ -34,10 +24,10 @@ class CoreBlock(nn.Module):
         if dim % num_heads:
             raise ValueError(f"head_hidden_size {dim} must be divisible by head_num_heads {num_heads}")
         self.num_heads = num_heads
-        self.attn_norm = RMSNorm(dim)
+        self.attn_norm = nn.RMSNorm(dim, eps=1e-6)
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.attn_out = nn.Linear(dim, dim, bias=False)
-        self.mlp_norm = RMSNorm(dim)
+        self.mlp_norm = nn.RMSNorm(dim, eps=1e-6)
         self.mlp_in = nn.Linear(dim, 4 * dim, bias=False)
         self.mlp_out = nn.Linear(4 * dim, dim, bias=False)
 
@@ -64,12 +54,19 @@ class RefinementHead(nn.Module):
         self.latent_steps = latent_steps
         self.x_in = nn.Linear(hidden_size, dim, bias=False)
         self.y_in = nn.Linear(hidden_size, dim, bias=False)
-        self.z_init = nn.Parameter(torch.randn(chunk_size, dim) * 0.02)
+        self.z_init = nn.Parameter(torch.empty(chunk_size, dim))
         self.core = CoreBlock(dim, num_heads)
-        self.out_norm = RMSNorm(dim)
+        self.out_norm = nn.RMSNorm(dim, eps=1e-6)
         self.delta = nn.Linear(dim, hidden_size, bias=False)
         self.halt = nn.Linear(dim, 1)
-        # Zero delta: step k starts as the identity, so an untrained head decodes the backbone's logits.
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The head's own init (its Linear / RMSNorm children initialise themselves first).
+
+        Zero delta: every step starts as the identity, so an untrained head decodes the backbone's
+        logits; the halting head starts unconfident (sigmoid(-2) ~ 0.12)."""
+        nn.init.normal_(self.z_init, std=0.02)
         nn.init.zeros_(self.delta.weight)
         nn.init.zeros_(self.halt.weight)
         nn.init.constant_(self.halt.bias, -2.0)

@@ -8,11 +8,12 @@ Modes (DESIGN.md §1):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers.utils import ModelOutput
 
 from chunksft.models.attention import ATTN_IMPLEMENTATION, ChunkLayout
 from chunksft.models.config import HybridConfig
@@ -27,17 +28,18 @@ TRAINING_MODES = ("pretrain", "sft", "chunk_sft")
 
 
 @dataclass
-class HybridOutput:
+class HybridOutput(ModelOutput):
     """Unpacks as `logits, loss = model(...)` (the seed API); the rest are attributes.
 
+    A transformers ModelOutput (a dict) so that DeepSpeed ZeRO-3 sees its tensors.
     logits: [B, L, V] (x_t stream in chunk_sft, refined on masked chunks) or None.
     chunk_index: int64 [M, 2] (row, chunk) of the masked chunks; chunk_targets / chunk_predictions:
     int64 [M, C]; chunk_ce: float [M] final-step CE per chunk (for the DEBUG view).
     """
 
-    logits: torch.Tensor | None
-    loss: torch.Tensor | None
-    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+    logits: torch.Tensor | None = None
+    loss: torch.Tensor | None = None
+    metrics: dict[str, torch.Tensor] | None = None
     noisy_input_ids: torch.Tensor | None = None
     labels: torch.Tensor | None = None
     chunk_masked: torch.Tensor | None = None
@@ -69,8 +71,9 @@ class HybridModel(PreTrainedModel):
         self.head = RefinementHead(hidden, config.head_hidden_size, config.head_num_heads, config.chunk_size,
                                    config.latent_steps)
         if config.train_mask_embedding:
-            self.mask_embedding = nn.Parameter(
-                backbone.get_input_embeddings().weight[config.mask_token_id].detach().clone())
+            # A learned offset of the mask token's embedding (zero init): trainable with a frozen,
+            # ZeRO-3-partitioned embedding table, which __init__ could not read.
+            self.mask_embedding_delta = nn.Parameter(torch.zeros(hidden))
         self.post_init()  # gathers the backbone's tied-weight keys (LM head <-> embeddings) for save/load
         if config.freeze_backbone:
             self.backbone.requires_grad_(False)
@@ -91,8 +94,12 @@ class HybridModel(PreTrainedModel):
         return cls(config, backbone=backbone)
 
     def _init_weights(self, module):
-        # The backbone initialises itself (or arrives pretrained); the head initialises in __init__.
-        pass
+        """transformers' init hook (also the only init under ZeRO-3, where modules are built without
+        it). The backbone has its own `_init_weights`; this covers the head and the mask offset."""
+        if isinstance(module, (nn.Linear, nn.RMSNorm, RefinementHead)):
+            module.reset_parameters()
+        elif module is self and self.config.train_mask_embedding:
+            nn.init.zeros_(self.mask_embedding_delta)
 
     # ------------------------------------------------------------------ backbone pieces
     @property
@@ -123,7 +130,7 @@ class HybridModel(PreTrainedModel):
         embeds = self.backbone.get_input_embeddings()(input_ids)
         if self.config.train_mask_embedding:
             is_mask = (input_ids == self.config.mask_token_id)[..., None]
-            embeds = torch.where(is_mask, self.mask_embedding.to(embeds.dtype), embeds)
+            embeds = embeds + is_mask * self.mask_embedding_delta.to(embeds.dtype)
         return embeds
 
     def refine(self, chunk_states: torch.Tensor, num_steps: int | None = None, halt_threshold: float | None = None):
@@ -153,7 +160,7 @@ class HybridModel(PreTrainedModel):
         layout = self._layout(attention_layout or "bidirectional", attention_mask, prompt_lens)
         logits = self.decode(self.backbone_states(input_ids, layout))
         loss = masked_token_ce(logits, labels) if labels is not None else None
-        return HybridOutput(logits, loss)
+        return HybridOutput(logits=logits, loss=loss, metrics={})
 
     def _layout(self, name: str, attention_mask: torch.Tensor | None, prompt_lens: torch.Tensor | None) -> ChunkLayout:
         if name == "bidirectional":
@@ -178,7 +185,7 @@ class HybridModel(PreTrainedModel):
         loss = diffusion_loss(logits, input_ids, masked, p_mask, maskable)
         labels = torch.where(masked, input_ids, torch.full_like(input_ids, -100))
         metrics = {"masked_tokens": masked.sum().float(), "p_mask": p_mask.mean()}
-        return HybridOutput(logits, loss, metrics, noisy_input_ids=noisy, labels=labels)
+        return HybridOutput(logits=logits, loss=loss, metrics=metrics, noisy_input_ids=noisy, labels=labels)
 
     def _chunk_sft(self, input_ids, attention_mask, prompt_lens, chunk_masked, attention_layout, refine, generator,
                    return_logits) -> HybridOutput:
@@ -224,7 +231,7 @@ class HybridModel(PreTrainedModel):
                 else self.decode(noisy_states)
         chunk_ce = torch.nn.functional.cross_entropy(final.detach().float().transpose(1, 2), targets,
                                                      reduction="none").mean(dim=1)
-        return HybridOutput(logits, loss, metrics, noisy_input_ids=drawn.input_ids, labels=drawn.labels,
+        return HybridOutput(logits=logits, loss=loss, metrics=metrics, noisy_input_ids=drawn.input_ids, labels=drawn.labels,
                             chunk_masked=drawn.chunk_masked, chunk_index=index, chunk_targets=targets,
                             chunk_predictions=final.detach().argmax(dim=-1), chunk_ce=chunk_ce)
 

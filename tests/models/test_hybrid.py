@@ -126,3 +126,18 @@ def test_overfits_bundled_rows_in_chunk_sft():
         warmup.step()
         losses.append(out.loss.item())
     assert sum(losses[-3:]) / 3 < 0.1 * losses[0], losses[::10]
+
+
+def test_head_initialises_through_init_weights_alone():
+    """Under ZeRO-3 transformers builds modules inside no_init_weights() and relies on _init_weights."""
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights():
+        model = HybridModel(HybridConfig(train_mask_embedding=True))
+    model.init_weights()
+    head = model.head
+    assert torch.equal(head.delta.weight, torch.zeros_like(head.delta.weight))
+    assert torch.equal(head.halt.bias, torch.full_like(head.halt.bias, -2.0))
+    assert torch.equal(head.core.attn_norm.weight, torch.ones_like(head.core.attn_norm.weight))
+    assert 0.005 < head.z_init.std() < 0.05 and 0 < head.x_in.weight.abs().max() < 1
+    assert torch.equal(model.mask_embedding_delta, torch.zeros_like(model.mask_embedding_delta))
