@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from chunksft.checkpoint.manager import CheckpointManager, check_config_hash, find_resume
 from chunksft.data import ChunkCollator, StatefulDistributedSampler, build_dataset, debug_view, load_tokenizer
-from chunksft.data.template import extract_answer
+from chunksft.evaluate import answer_accuracy
 from chunksft.ops.chunk_mask import ChunkMask
 from chunksft.train.config import TrainConfig
 from chunksft.train.distributed import DistInfo, all_mean, any_rank, broadcast_from_main
@@ -304,23 +304,11 @@ class Trainer:
         per_rank = -(-rows // w)
         # Equal shard sizes keep the ranks' generate forwards in lockstep; padding rows are not counted.
         padded = mine + [mine[0] if mine else 0] * (per_rank - len(mine))
-        correct, steps_sum, chunks = 0.0, 0.0, 0.0
-        for start in range(0, per_rank, self.cfg.data.generate_batch_size):
-            index = padded[start:start + self.cfg.data.generate_batch_size]
-            counted = [start + k < len(mine) for k in range(len(index))]
-            items = [self.eval_set[i] for i in index]
-            prompts = [item["input_ids"][:item["prompt_len"]] for item in items]
-            out = self.model.generate_with_refinement(
-                prompts, max_length=max(map(len, prompts)) + self.cfg.data.max_new_tokens,
-                enable_refinement=refine, synced_ranks=True)
-            for item, response, steps, keep in zip(items, out.responses, out.chunk_steps, counted):
-                if not keep:
-                    continue
-                predicted = extract_answer(self.tokenizer.decode(response))
-                correct += float(predicted is not None and predicted == item["answer"].strip())
-                steps_sum += sum(steps)
-                chunks += len(steps)
-        totals = all_mean(torch.tensor([correct, steps_sum, chunks])) * w
+        score = answer_accuracy(self.model, self.tokenizer, [self.eval_set[i] for i in padded], refine=refine,
+                                max_new_tokens=self.cfg.data.max_new_tokens,
+                                batch_size=self.cfg.data.generate_batch_size,
+                                counted=[k < len(mine) for k in range(per_rank)], synced_ranks=True)
+        totals = all_mean(torch.tensor([score.correct, score.refine_steps, score.chunks])) * w
         key = "accuracy_refined" if refine else "accuracy"
         result = {key: float(totals[0]) / rows}
         if refine:
