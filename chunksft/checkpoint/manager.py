@@ -6,8 +6,9 @@ Layout of a run's ``output_dir``::
     checkpoints/global_step{N}/COMPLETE    JSON marker written by rank 0 after all ranks saved
     checkpoints/global_step{N}_universal/  DeepSpeed universal form (world-size change), + COMPLETE
 
-A tag counts only with its marker; the marker lists every file with its size, so a truncated or
-missing shard is detected before the engine touches it. Resume picks the newest tag that
+A tag counts only with its marker; the marker lists every file with its size and CRC-32, so a
+truncated, missing or bit-flipped shard is detected before the engine touches it (a garbled byte
+range inside a torch zip still loads, sizes alone do not catch it). Resume picks the newest tag that
 validates and fails with one clear line when tags exist but none is usable: a run never silently
 starts over. Every rank must call `save` and `load` (the engine's collectives run inside).
 """
@@ -18,7 +19,9 @@ import os
 import random
 import re
 import shutil
+import signal
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -30,6 +33,12 @@ MARKER = "COMPLETE"
 CHECKPOINTS = "checkpoints"
 UNIVERSAL_SUFFIX = "_universal"
 _TAG = re.compile(r"^global_step(\d+)$")
+# Fault injection for tests/reliability (never set in normal runs): CHUNKSFT_FAULT=POINT:STEP[:RANK]
+# SIGKILLs the process at POINT of the save of step STEP on rank RANK (default 0). Points:
+#   after_shard    right after this rank wrote its first checkpoint file (other shards, marker missing)
+#   before_marker  rank 0, every rank's files written, before the COMPLETE marker
+#   before_prune   rank 0, marker written, before older tags are pruned
+FAULT_ENV = "CHUNKSFT_FAULT"
 
 
 class CheckpointError(RuntimeError):
@@ -54,17 +63,32 @@ def read_marker(tag_dir: str) -> Optional[dict]:
         return None
 
 
-def write_marker(tag_dir: str, meta: dict) -> None:
-    """Record `meta` plus the size of every file under `tag_dir`, atomically (tmp + rename)."""
-    files = {}
-    for root, _, names in os.walk(tag_dir):
-        for name in names:
-            if name != MARKER and not name.startswith(MARKER):
-                path = os.path.join(root, name)
-                files[os.path.relpath(path, tag_dir)] = os.path.getsize(path)
+def tag_files(tag_dir: str) -> list[str]:
+    """Every file under `tag_dir` except the marker (relative paths, sorted: the same on every rank)."""
+    return sorted(os.path.relpath(os.path.join(root, name), tag_dir)
+                  for root, _, names in os.walk(tag_dir) for name in names if not name.startswith(MARKER))
+
+
+def file_crc(path: str) -> str:
+    """CRC-32 of a file's bytes (8 hex digits), read in 16 MiB blocks."""
+    crc = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 24):
+            crc = zlib.crc32(block, crc)
+    return f"{crc:08x}"
+
+
+def write_marker(tag_dir: str, meta: dict, crcs: Optional[dict[str, str]] = None) -> None:
+    """Record `meta` plus the size and CRC-32 of every file under `tag_dir`, atomically (tmp + rename).
+
+    crcs: precomputed {relative path: CRC} (the manager spreads the hashing over the ranks); missing
+    entries are computed here.
+    """
+    files = {rel: os.path.getsize(os.path.join(tag_dir, rel)) for rel in tag_files(tag_dir)}
+    crcs = {rel: (crcs or {}).get(rel) or file_crc(os.path.join(tag_dir, rel)) for rel in files}
     tmp = os.path.join(tag_dir, MARKER + ".tmp")
     with open(tmp, "w") as fh:
-        json.dump({**meta, "files": files}, fh, indent=1)
+        json.dump({**meta, "files": files, "crc32": crcs}, fh, indent=1)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, os.path.join(tag_dir, MARKER))
@@ -73,8 +97,9 @@ def write_marker(tag_dir: str, meta: dict) -> None:
 def validate_tag(tag_dir: str) -> Optional[str]:
     """None when the tag is complete and every file is intact; otherwise why not (one line).
 
-    Cheap: sizes from the marker, and every ``*.pt`` opened memory-mapped (a torch zip archive
-    whose tail is cut or garbled fails to open) without reading its data.
+    Sizes from the marker, the CRC-32 of every file (markers written before CRCs were recorded
+    skip this), and every ``*.pt`` opened memory-mapped (a torch zip archive whose tail is cut or
+    garbled fails to open).
     """
     marker = read_marker(tag_dir)
     if marker is None:
@@ -85,6 +110,9 @@ def validate_tag(tag_dir: str) -> Optional[str]:
             return f"{path}: missing"
         if os.path.getsize(path) != size:
             return f"{path}: {os.path.getsize(path)} bytes, the marker recorded {size}"
+        crc = marker.get("crc32", {}).get(rel)
+        if crc is not None and file_crc(path) != crc:
+            return f"{path}: CRC-32 {file_crc(path)}, the marker recorded {crc} (the file was modified or corrupted)"
         if path.endswith(".pt"):
             try:
                 torch.load(path, map_location="cpu", mmap=True, weights_only=False)
@@ -150,6 +178,10 @@ def newest_complete(resume: str, output_dir: str) -> Optional[tuple[str, str, di
     """(checkpoint root, native tag, marker) of the newest valid checkpoint for `resume` (auto | path).
 
     None when there is no checkpoint at all; CheckpointError when checkpoints exist but none is valid.
+    With --resume auto, a tag without a marker file is a save that never finished, not a checkpoint:
+    when only such tags exist (a run killed during its first save) the run starts fresh, and its
+    first save replaces them. A marker that exists but does not parse counts as a (corrupt)
+    checkpoint; an explicit path that does not validate is always an error.
     """
     root, tags = _candidates(resume, output_dir)
     problems = []
@@ -158,7 +190,7 @@ def newest_complete(resume: str, output_dir: str) -> Optional[tuple[str, str, di
         if problem is None:
             return root, tag, read_marker(os.path.join(root, tag))
         problems.append(problem)
-    if not tags:
+    if resume == "auto" and not any(os.path.exists(os.path.join(root, tag, MARKER)) for tag in tags):
         return None
     raise CheckpointError(f"{root}: {len(tags)} checkpoint(s) but none is usable (newest problem: {problems[0]}); "
                           "fix or remove them, or pass --resume none to start over deliberately")
@@ -205,6 +237,31 @@ def check_config_hash(point: ResumePoint, config_hash: str, config: dict, allow_
     return "warning: " + line + "; continuing because --allow_config_mismatch is set"
 
 
+# ---------------------------------------------------------------------------------------------- faults
+def _fault_here(point: str, step: int, rank: int) -> bool:
+    """True when CHUNKSFT_FAULT names this point of the save of `step` on `rank` (see FAULT_ENV)."""
+    spec = os.environ.get(FAULT_ENV, "")
+    if not spec:
+        return False
+    name, at, *who = spec.split(":")
+    return name == point and int(at) == step and int(who[0] if who else 0) == rank
+
+
+def _kill_self() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _kill_after_first_file(engine) -> None:
+    """Make this rank SIGKILL itself right after the engine wrote its first checkpoint file."""
+    save = engine.checkpoint_engine.save
+
+    def save_then_die(*args, **kwargs):
+        save(*args, **kwargs)
+        _kill_self()
+
+    engine.checkpoint_engine.save = save_then_die
+
+
 # ---------------------------------------------------------------------------------------------- manager
 class CheckpointManager:
     """Saves and prunes the checkpoints of one run; every rank constructs one."""
@@ -228,10 +285,30 @@ class CheckpointManager:
         dist.barrier()
         states = [None] * self.world_size
         dist.all_gather_object(states, rng_state())
-        engine.save_checkpoint(self.root, tag=tag, client_state={**client_state, "rng": states})
+        if _fault_here("after_shard", step, self.rank):
+            _kill_after_first_file(engine)
+        try:
+            engine.save_checkpoint(self.root, tag=tag, client_state={**client_state, "rng": states})
+        except OSError as exc:
+            # Disk full / quota / file-size limit: one line instead of a traceback. The tag has no
+            # marker, so it never counts; every older tag is untouched. (The other ranks stop when
+            # this process exits: their next collective fails.)
+            raise CheckpointError(f"{tag_dir}: saving failed on rank {self.rank} ({exc.strerror or exc}); older "
+                                  "checkpoints are intact: free space under the output_dir and rerun with "
+                                  "--resume auto") from None
         dist.barrier()
+        # CRC-32 of the files, hashed in parallel: rank r reads every world_size-th file.
+        files = tag_files(tag_dir)
+        mine = {rel: file_crc(os.path.join(tag_dir, rel)) for rel in files[self.rank::self.world_size]}
+        crcs = [None] * self.world_size
+        dist.all_gather_object(crcs, mine)
         if self.rank == 0:
-            write_marker(tag_dir, {**meta, "step": step, "world_size": self.world_size, "time": time.time()})
+            if _fault_here("before_marker", step, 0):
+                _kill_self()
+            write_marker(tag_dir, {**meta, "step": step, "world_size": self.world_size, "time": time.time()},
+                         {rel: crc for part in crcs for rel, crc in part.items()})
+            if _fault_here("before_prune", step, 0):
+                _kill_self()
             self._prune()
         dist.barrier()
         return tag_dir
