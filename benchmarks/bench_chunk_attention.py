@@ -1,10 +1,10 @@
-"""Chunk attention: fused Triton vs eager (SDPA + dense mask) vs FlexAttention (+ flash-attn dense causal).
+"""Chunk attention: fused Triton / C++ vs eager (SDPA + dense mask) vs FlexAttention (+ flash-attn dense causal).
 
 Useful FLOPs = 4 * D * H * B * (visible (q, k) pairs of `chunk_attention_mask`) for the forward and
 3.5x that for forward + backward (the backward does 2.5x the forward's matmul work); rates are
 reported on that count, so masked-out work never counts.
 
-    python benchmarks/bench_chunk_attention.py                  # CPU: eager + flex (GPU rows say so)
+    python benchmarks/bench_chunk_attention.py                  # CPU: eager + flex + cpp (GPU rows say so)
     python benchmarks/bench_chunk_attention.py --device cuda    # all providers, do_bench timings
 """
 from __future__ import annotations
@@ -18,7 +18,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import device_arg, measure, report, unavailable  # noqa: E402
 
-from chunksft.ops.chunk_attention import chunk_attention_eager, chunk_attention_triton  # noqa: E402
+from chunksft.ops import _cpp  # noqa: E402
+from chunksft.ops.chunk_attention import chunk_attention, chunk_attention_eager, chunk_attention_triton  # noqa: E402
 from chunksft.ops.masks import block_ids, chunk_attention_mask, visible  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -89,6 +90,17 @@ def main(argv=None):
                                                              device, args.batch, total, compile_flex=True)
         except Exception as exc:  # noqa: BLE001 - report the provider as unavailable, keep benchmarking
             rows.append(unavailable("flex (compiled)", "fwd", f"unavailable: {type(exc).__name__}"))
+    if device == "cpu":
+        if _cpp.status()["available"]:
+            providers["cpp (csrc)"] = lambda a, b, c: chunk_attention(a, b, c, backend="cpp", **kw)
+        else:
+            rows += [unavailable("cpp (csrc)", case, f"C++ ops unavailable: {_cpp.status()['error']}")
+                     for case in ("fwd", "fwd+bwd")]
+        # The machine's fp32 matmul rate, measured in the same run: the cpp target is >= 50% of it.
+        size = 2048
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        rows.append(measure("fp32 matmul 2048^3 (ref)", "matmul", lambda: a @ b, device, reps=args.reps,
+                            flops=2.0 * size ** 3, note="reference rate (all FLOPs useful)"))
     triton_ok = device == "cuda"
     if triton_ok:
         providers["triton (fused)"] = lambda a, b, c: chunk_attention_triton(a, b, c, **kw)

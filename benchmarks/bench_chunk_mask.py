@@ -1,4 +1,4 @@
-"""Chunk masking: eager (torch.Generator draw) vs the counter-based reference vs the Triton kernel.
+"""Chunk masking: eager (torch.Generator draw) vs the counter-based reference vs the Triton / C++ kernels.
 
     python benchmarks/bench_chunk_mask.py               # CPU: eager providers
     python benchmarks/bench_chunk_mask.py --device cuda
@@ -36,6 +36,10 @@ def main(argv=None):
                                                             **kw),
         "eager counter (+layout)": lambda: chunk_mask_counter(ids, prompts, seed=1, **kw),
     }
+    if device == "cpu":
+        from chunksft.ops._cpp import chunk_mask_counter_cpp
+
+        providers["cpp (csrc, +layout)"] = lambda: chunk_mask_counter_cpp(ids, prompts, seed=1, **kw)
     if device == "cuda":
         providers["triton (fused, +layout)"] = lambda: chunk_mask_counter_triton(ids, prompts, seed=1, **kw)
     rows = [measure(name, f"B{args.batch}xL{args.seq_len}", fn, device, reps=args.reps) for name, fn in providers.items()]

@@ -3,7 +3,7 @@
 Default shape = DESIGN.md §4 (N=2048, H=1024, V=151936, fp32, fwd+bwd). Reports time, peak extra
 memory (RSS on CPU, allocator on CUDA) and the relative error of loss and gradients vs eager.
 
-    python benchmarks/bench_linear_cross_entropy.py             # CPU: eager vs chunked
+    python benchmarks/bench_linear_cross_entropy.py             # CPU: eager vs chunked vs cpp (csrc/)
     python benchmarks/bench_linear_cross_entropy.py --device cuda
 """
 from __future__ import annotations
@@ -50,7 +50,7 @@ def main(argv=None):
             grads[backend] = (loss.detach(), h.grad, w.grad)
         return run
 
-    backends = ["eager", "chunked"] + (["triton"] if device == "cuda" else [])
+    backends = ["eager", "chunked"] + (["triton"] if device == "cuda" else ["cpp"])
     rows = []
     for backend in backends:
         rows.append(measure(backend, "fwd+bwd", step(backend), device, reps=args.reps))

@@ -60,6 +60,12 @@ def _jit_build() -> ModuleType:
                 verbose=os.environ.get("CHUNKSFT_CPP_VERBOSE", "0") == "1")
 
 
+def _stale(library: Path) -> bool:
+    """A setup.py build older than the checkout's sources would silently run old kernels."""
+    newest = max((f.stat().st_mtime for f in CSRC.glob("*") if f.suffix in (".cpp", ".h")), default=0.0)
+    return library.stat().st_mtime < newest
+
+
 def load() -> ModuleType | None:
     """The extension module, or None (after one warning) when it can be neither imported nor built."""
     if _state["tried"]:
@@ -69,7 +75,11 @@ def load() -> ModuleType | None:
             return _state["module"]
         errors = []
         try:
-            _state["module"], _state["source"] = importlib.import_module("chunksft._C"), "prebuilt (setup.py)"
+            prebuilt = importlib.import_module("chunksft._C")
+            if _stale(Path(prebuilt.__file__)):
+                errors.append("prebuilt chunksft._C is older than csrc/ (rerun setup.py); ignored")
+            else:
+                _state["module"], _state["source"] = prebuilt, f"prebuilt {prebuilt.__file__}"
         except ImportError as exc:
             errors.append(f"no prebuilt chunksft._C ({exc})")
         if _state["module"] is None and os.environ.get("CHUNKSFT_NO_JIT", "0") != "1":
