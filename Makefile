@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The CPU wheel of torch must be installed before anything that depends on torch.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install data train test test-all clean
+.PHONY: install data train test test-faults test-all clean
 
 install: $(VENV)/.installed
 
@@ -25,6 +25,11 @@ train: data
 
 test: data
 	$(BIN)/python -m pytest -q -x --timeout=900 tests
+
+# The whole fault-injection + bad-input suite (make test runs its fast subset): kills, corrupt
+# checkpoints, disk full, every bad input of DESIGN.md section 5 (README "Guarantees").
+test-faults: data
+	$(BIN)/python -m pytest -q --timeout=1800 --faults -m faults tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info chunksft/data/bundled/generated

@@ -36,6 +36,27 @@ if [[ -n "${DS_ACCELERATOR:-}" ]]; then
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / NPROC_PER_NODE > 0 ? $(nproc) / NPROC_PER_NODE : 1 ))}
 fi
 
+check_hostfile() {  # check_hostfile FILE: every node resolves and NNODES fits, else one error line
+    local file=$1 host hosts=()
+    if [[ ! -r "$file" ]]; then
+        echo "error: launch/train.sh: HOSTFILE $file is not readable; pass a file of 'host slots=N' lines" >&2
+        exit 2
+    fi
+    while read -r host _; do
+        [[ -z "$host" || "$host" == \#* ]] || hosts+=("$host")
+    done < "$file"
+    if (( ${#hosts[@]} < NNODES )); then
+        echo "error: launch/train.sh: HOSTFILE $file lists ${#hosts[@]} node(s) but NNODES=$NNODES; add the missing nodes or lower NNODES" >&2
+        exit 2
+    fi
+    for host in "${hosts[@]}"; do
+        if ! getent hosts "$host" >/dev/null; then
+            echo "error: launch/train.sh: HOSTFILE $file: node '$host' does not resolve; fix its name (DNS, /etc/hosts) or remove it and lower NNODES" >&2
+            exit 2
+        fi
+    done
+}
+
 launch() {  # launch ARGS... : python -m chunksft.train ARGS under the deepspeed launcher
     local hostfile=${HOSTFILE:-}
     local args=(--master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT")
@@ -46,6 +67,7 @@ launch() {  # launch ARGS... : python -m chunksft.train ARGS under the deepspeed
         fi
         args+=(--hostfile "$hostfile" --no_ssh --node_rank "$NODE_RANK")
     elif [[ -n "$hostfile" ]]; then
+        check_hostfile "$hostfile"
         args+=(--hostfile "$hostfile" --num_nodes "$NNODES" --num_gpus "$NPROC_PER_NODE")
     else
         args+=(--num_gpus "$NPROC_PER_NODE")

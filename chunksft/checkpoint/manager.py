@@ -23,7 +23,7 @@ import signal
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -196,12 +196,15 @@ def newest_complete(resume: str, output_dir: str) -> Optional[tuple[str, str, di
                           "fix or remove them, or pass --resume none to start over deliberately")
 
 
-def find_resume(resume: str, output_dir: str, world_size: int) -> Optional[ResumePoint]:
+def find_resume(resume: str, output_dir: str, world_size: int,
+                check: Optional[Callable[[ResumePoint], None]] = None) -> Optional[ResumePoint]:
     """The checkpoint to resume for `resume` (auto | none | path), or None to start fresh.
 
     Call on rank 0 only (it reads files and may convert) and broadcast the result. A checkpoint
     saved by another number of ranks resolves to its universal form, converted here on first use.
-    Raises CheckpointError when checkpoints exist but none validates.
+    Raises CheckpointError when checkpoints exist but none validates. `check` (e.g. the config
+    hash comparison) sees the native checkpoint first and may raise: a rejected checkpoint is
+    never converted (the conversion is slow and writes a new folder next to it).
     """
     if resume == "none":
         return None
@@ -209,8 +212,11 @@ def find_resume(resume: str, output_dir: str, world_size: int) -> Optional[Resum
     if found is None:
         return None
     root, tag, marker = found
+    point = ResumePoint(root, tag, marker, universal=False)
+    if check is not None:
+        check(point)
     if marker["world_size"] == world_size:
-        return ResumePoint(root, tag, marker, universal=False)
+        return point
     from chunksft.checkpoint.universal import convert_to_universal
 
     universal_dir = convert_to_universal(os.path.join(root, tag))
@@ -279,6 +285,12 @@ class CheckpointManager:
         tag = tag_for(step)
         tag_dir = os.path.join(self.root, tag)
         if self.rank == 0:
+            if os.path.isdir(tag_dir) and validate_tag(tag_dir) is None:
+                # A valid checkpoint of this step exists only after --resume none or an explicit
+                # older --resume PATH: keep it (renamed, no longer a tag) rather than delete saved work.
+                kept = f"{tag_dir}.replaced-{int(time.time())}"
+                os.replace(tag_dir, kept)
+                print(f"warning: {tag_dir} already held a complete checkpoint; moved it to {kept}", flush=True)
             # A leftover of an interrupted save of the same step must not mix with the new files.
             shutil.rmtree(tag_dir, ignore_errors=True)
             shutil.rmtree(tag_dir + UNIVERSAL_SUFFIX, ignore_errors=True)
@@ -289,13 +301,16 @@ class CheckpointManager:
             _kill_after_first_file(engine)
         try:
             engine.save_checkpoint(self.root, tag=tag, client_state={**client_state, "rng": states})
-        except OSError as exc:
-            # Disk full / quota / file-size limit: one line instead of a traceback. The tag has no
-            # marker, so it never counts; every older tag is untouched. (The other ranks stop when
-            # this process exits: their next collective fails.)
-            raise CheckpointError(f"{tag_dir}: saving failed on rank {self.rank} ({exc.strerror or exc}); older "
-                                  "checkpoints are intact: free space under the output_dir and rerun with "
-                                  "--resume auto") from None
+        except (OSError, RuntimeError) as exc:
+            # Disk full / quota / file-size limit (torch.save reports these as a RuntimeError
+            # "PytorchStreamWriter failed writing file" or "unexpected pos"): one line instead of a
+            # traceback. The tag has no marker, so it never counts; every older tag is untouched.
+            # (The other ranks stop when this process exits: their next collective fails.)
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            free = shutil.disk_usage(self.root).free / 2**20
+            raise CheckpointError(f"{tag_dir}: saving failed on rank {self.rank} ({reason}; {free:.0f} MiB free); "
+                                  "older checkpoints are intact: free space (or lift the file-size limit) and "
+                                  "rerun with --resume auto") from None
         dist.barrier()
         # CRC-32 of the files, hashed in parallel: rank r reads every world_size-th file.
         files = tag_files(tag_dir)

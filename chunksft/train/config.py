@@ -50,6 +50,10 @@ class ModelConfig:
     backend: Literal["auto", "eager", "cpp", "triton"] = "auto"
     # Compute/storage dtype of the DeepSpeed engine (bf16/fp16 enable DeepSpeed's mixed precision).
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # "auto": the attention dispatch picks flash-attn on CUDA when installed, else SDPA / cpp / triton.
+    # "flash_attention_2": require flash-attn (CUDA + the flash-attn package), a clear error otherwise.
+    # Same function either way, so outside the config hash.
+    attn_implementation: Literal["auto", "flash_attention_2"] = field(default="auto", metadata=_RUN_ONLY)
 
 
 @dataclass
@@ -88,6 +92,10 @@ class ObjectiveConfig:
 class TrainingConfig:
     output_dir: str = field(default="runs/tiny", metadata=_RUN_ONLY)
     seed: int = 42
+    # Bitwise-reproducible runs (exact resume relies on it): torch.use_deterministic_algorithms
+    # (warn_only), cuDNN deterministic without benchmark, CUBLAS_WORKSPACE_CONFIG on CUDA. Outside
+    # the config hash: it picks kernels, not what is computed.
+    deterministic: bool = field(default=True, metadata=_RUN_ONLY)
     # Micro batch per rank; the global batch is batch_size x gradient_accumulation_steps x world.
     batch_size: int = 8
     gradient_accumulation_steps: int = 1
@@ -235,6 +243,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads "5e-4" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
     elif annotation is str:

@@ -72,6 +72,21 @@ def deepspeed_config(cfg: TrainConfig, world_size: int, *, load_universal: bool 
     return ds
 
 
+def check_attention(cfg: TrainConfig) -> None:
+    """model.attn_implementation = flash_attention_2 needs CUDA and flash-attn: one-line ConfigError
+    at start-up (before any data or checkpoint work) instead of a failure inside the first forward."""
+    if cfg.model.attn_implementation != "flash_attention_2":
+        return
+    import importlib.util
+
+    if not torch.cuda.is_available():
+        raise ConfigError("model.attn_implementation = 'flash_attention_2': flash-attn runs on CUDA GPUs only and "
+                          "this machine has none; use --attn_implementation auto (SDPA / C++ kernels on CPU)")
+    if importlib.util.find_spec("flash_attn") is None:
+        raise ConfigError("model.attn_implementation = 'flash_attention_2': the flash-attn package is not installed; "
+                          "pip install flash-attn, or use --attn_implementation auto")
+
+
 def hybrid_kwargs(cfg: TrainConfig, tokenizer) -> dict[str, Any]:
     """HybridConfig fields that the train config decides (chunking, objective, head, backend)."""
     return dict(chunk_size=cfg.objective.chunk_size, mask_probability=cfg.objective.mask_probability,
@@ -110,6 +125,9 @@ def build_model(cfg: TrainConfig, ds_config: dict[str, Any], tokenizer) -> tuple
         # from_backbone loads the backbone partitioned; the head is built here under the same Init.
         with deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype):
             model = HybridModel.from_backbone(source, **kwargs)
+    # The chunk_sft loss reads the LM-head weight inside `model.lm_loss` (fused linear CE), outside
+    # the head module's own forward: ZeRO-3 must gather it around that module too.
+    deepspeed.zero.register_external_parameter(model.lm_loss, model.lm_head.weight)
     vocab = model.backbone.config.vocab_size
     if len(tokenizer) > vocab:
         raise ConfigError(f"data.tokenizer has {len(tokenizer)} tokens but the backbone's vocabulary is {vocab}; "

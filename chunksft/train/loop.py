@@ -25,7 +25,7 @@ from chunksft.evaluate import answer_accuracy
 from chunksft.ops.chunk_mask import ChunkMask
 from chunksft.train.config import TrainConfig
 from chunksft.train.distributed import DistInfo, all_mean, any_rank, broadcast_from_main
-from chunksft.train.engine import build_engine
+from chunksft.train.engine import build_engine, check_attention
 from chunksft.train.metrics import MetricsLogger
 
 # Stream tags of the noise generators: training micro batches and evaluation batches never share one.
@@ -45,6 +45,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def set_deterministic(enabled: bool) -> None:
+    """training.deterministic: deterministic kernels where torch has a choice (CUDA mostly; CPU runs
+    with a fixed OMP_NUM_THREADS are already bitwise reproducible). warn_only: an op without a
+    deterministic kernel warns instead of stopping the run."""
+    if not enabled:
+        return
+    if torch.cuda.is_available():
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+
+
 class NonFiniteLossError(RuntimeError):
     pass
 
@@ -56,7 +68,9 @@ class Trainer:
         self.cfg, self.dist = cfg, dist_info
         self.out_dir = cfg.training.output_dir
         self.mode = cfg.objective.training_mode
+        check_attention(cfg)
         seed_everything(cfg.training.seed)
+        set_deterministic(cfg.training.deterministic)
         os.makedirs(self.out_dir, exist_ok=True)
         # Masked diffusion needs a mask token; HF tokenizers without one get it appended (the
         # backbone's embedding rows past the tokenizer's length are free for it, checked in build_model).
@@ -102,18 +116,20 @@ class Trainer:
         """Rank 0 picks (and if needed converts) the checkpoint; every rank gets the same answer or error."""
         c = self.cfg.checkpoint
         decision = None
+
+        def check(point) -> None:  # before any universal conversion: a mismatched checkpoint is left as it is
+            warning = check_config_hash(point, self.cfg.hash(), self.cfg.hashed_dict(), c.allow_config_mismatch)
+            if warning:
+                self.print(warning)
+
         if self.dist.is_main:
             try:
-                decision = find_resume(c.resume, self.out_dir, self.dist.world_size)
+                decision = find_resume(c.resume, self.out_dir, self.dist.world_size, check=check)
             except Exception as exc:  # any failure (also inside the universal conversion) must reach every rank
                 decision = exc
         decision = broadcast_from_main(decision)
         if isinstance(decision, Exception):
             raise decision
-        if decision is not None:
-            warning = check_config_hash(decision, self.cfg.hash(), self.cfg.hashed_dict(), c.allow_config_mismatch)
-            if warning:
-                self.print(warning)
         return decision
 
     def _load(self, point) -> None:

@@ -4,6 +4,7 @@ All runs use one thread per rank (determinism, and no oversubscription of the 2-
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -16,6 +17,24 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 STEPS, HALF = 6, 3
+
+# Runs chunksft.train with the model's training loss made NaN on chosen forward calls (1-based).
+NAN_RUNNER = """
+import sys
+import chunksft.models.hybrid as hybrid
+original = hybrid.HybridModel.forward
+calls = [0]
+def forward(self, *args, **kwargs):
+    out = original(self, *args, **kwargs)
+    if self.training:
+        calls[0] += 1
+        if calls[0] in (2, 3) or calls[0] >= 6:
+            out.loss = out.loss * float("nan")
+    return out
+hybrid.HybridModel.forward = forward
+from chunksft.train.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 def free_port() -> int:
@@ -65,3 +84,32 @@ def module_cmd(*args: str) -> list[str]:
 def deepspeed_cmd(nproc: int, *extra: str) -> list[str]:
     return [str(BIN / "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(free_port()), *extra,
             "--module", "chunksft.train"]
+
+
+def final_weights(run_dir: Path, step: int = STEPS) -> dict:
+    """fp32 weights of a run's checkpoint global_step{step}, consolidated from its ZeRO-3 shards."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(str(run_dir / "checkpoints"), tag=f"global_step{step}")
+
+
+def assert_same_weights(run_dir: Path, reference: Path, step: int = STEPS) -> None:
+    """Bitwise-equal final weights of two runs."""
+    import torch
+
+    wa, wb = final_weights(reference, step), final_weights(run_dir, step)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert torch.equal(wa[name], wb[name]), name
+
+
+def tree_digest(path: Path) -> dict[str, str]:
+    """sha256 of every file under `path` (relative path -> digest): to prove files were not touched."""
+    return {str(f.relative_to(path)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(path.rglob("*")) if f.is_file()}
+
+
+def start(cmd: list[str], *, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start `cmd` from the repository root in the background, output to `log`."""
+    return subprocess.Popen(cmd, cwd=REPO, env=run_env(**(env or {})), stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, text=True)

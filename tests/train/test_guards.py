@@ -3,29 +3,11 @@ from __future__ import annotations
 
 import sys
 
-from launching import module_cmd, read_jsonl, run
-
-# Runs chunksft.train with the model's training loss made NaN on chosen forward calls (1-based).
-_NAN_RUNNER = """
-import sys
-import chunksft.models.hybrid as hybrid
-original = hybrid.HybridModel.forward
-calls = [0]
-def forward(self, *args, **kwargs):
-    out = original(self, *args, **kwargs)
-    if self.training:
-        calls[0] += 1
-        if calls[0] in (2, 3) or calls[0] >= 6:
-            out.loss = out.loss * float("nan")
-    return out
-hybrid.HybridModel.forward = forward
-from chunksft.train.__main__ import main
-sys.exit(main(sys.argv[1:]))
-"""
+from launching import NAN_RUNNER, module_cmd, read_jsonl, run
 
 
 def test_nonfinite_batches_are_skipped_then_the_run_stops(tmp_path, train_flags):
-    proc = run([sys.executable, "-c", _NAN_RUNNER, *train_flags, "--output_dir", str(tmp_path),
+    proc = run([sys.executable, "-c", NAN_RUNNER, *train_flags, "--output_dir", str(tmp_path),
                 "--max_nonfinite_in_a_row", "3", "--eval_interval", "0", "--debug", "true"], check=False)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "3 non-finite losses in a row at step 4" in proc.stderr
