@@ -18,11 +18,12 @@ from transformers.utils import ModelOutput
 from chunksft.models.attention import ATTN_IMPLEMENTATION, ChunkLayout
 from chunksft.models.config import HybridConfig
 from chunksft.models.head import RefinementHead
-from chunksft.objectives.chunk_sft import chunk_sft_loss, masked_token_ce, token_ce
+from chunksft.objectives.chunk_sft import chunk_sft_loss, masked_token_ce
 from chunksft.objectives.diffusion import diffusion_loss
-from chunksft.ops import chunk_mask, diffusion_mask
+from chunksft.ops import chunk_mask, diffusion_mask, linear_cross_entropy
 from chunksft.ops.chunk_attention import compact_positions
 from chunksft.ops.chunk_mask import chunk_positions
+from chunksft.ops.linear_cross_entropy import rows_per_block
 
 TRAINING_MODES = ("pretrain", "sft", "chunk_sft")
 
@@ -52,6 +53,37 @@ class HybridOutput(ModelOutput):
         return iter((self.logits, self.loss))
 
 
+class LMHeadLoss(nn.Module):
+    """CE of the LM head on chosen positions without keeping [tokens, V] logits (fused linear CE).
+
+    The head weight is an argument, not a submodule (it belongs to the backbone); under ZeRO-3 the
+    engine registers it as an external parameter of this module, so DeepSpeed gathers it around
+    this module's forward and backward.
+    """
+
+    def __init__(self, backend: str = "auto"):
+        super().__init__()
+        self.backend = backend
+
+    def forward(self, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor):
+        """hidden: post-norm [..., H]; weight: [V, H]; targets: int64 [...] (all counted).
+
+        Returns (mean CE fp32 scalar with grad, argmax int64 [...], per-row mean CE over the last dim
+        fp32 [...-1], detached). The argmax / per-row CE pass runs without grad, one row block of
+        logits at a time.
+        """
+        flat, flat_targets = hidden.flatten(0, -2), targets.flatten()
+        ce = linear_cross_entropy(flat, weight, flat_targets, backend=self.backend)
+        with torch.no_grad():
+            predictions, token_ce = [], []
+            block = rows_per_block(weight.shape[0])
+            for h, t in zip(flat.split(block), flat_targets.split(block)):
+                logits = h.float() @ weight.float().T
+                predictions.append(logits.argmax(dim=-1))
+                token_ce.append(torch.logsumexp(logits, dim=-1) - logits.gather(1, t[:, None])[:, 0])
+        return ce, torch.cat(predictions).view_as(targets), torch.cat(token_ce).view_as(targets).mean(dim=-1)
+
+
 class HybridModel(PreTrainedModel):
     config_class = HybridConfig
     base_model_prefix = "hybrid"
@@ -70,6 +102,7 @@ class HybridModel(PreTrainedModel):
         hidden = backbone.config.hidden_size
         self.head = RefinementHead(hidden, config.head_hidden_size, config.head_num_heads, config.chunk_size,
                                    config.latent_steps)
+        self.lm_loss = LMHeadLoss(config.backend)
         if config.train_mask_embedding:
             # A learned offset of the mask token's embedding (zero init): trainable with a frozen,
             # ZeRO-3-partitioned embedding table, which __init__ could not read.
@@ -213,27 +246,26 @@ class HybridModel(PreTrainedModel):
             noisy_states = states[:, :seq_len]
             chunk_states = noisy_states[rows, token_pos]  # [M, C, H]
         targets = input_ids[rows, token_pos]
+        trace = self.refine(chunk_states) if refine else None
+        step_states = trace.states if refine else [chunk_states]
+        step_ce, step_pred, final_chunk_ce = [], [], None
+        for y in step_states:
+            ce, pred, final_chunk_ce = self.lm_loss(self.final_norm(y), self.lm_head.weight, targets)
+            step_ce.append(ce)
+            step_pred.append(pred)
         if refine:
-            trace = self.refine(chunk_states)
-            step_logits = [self.decode(y) for y in trace.states]
-            loss, metrics = chunk_sft_loss(step_logits, trace.confidence, targets,
+            loss, metrics = chunk_sft_loss(step_ce, step_pred, trace.confidence, targets,
                                            deep_supervision_weight=cfg.deep_supervision_weight,
                                            enable_deep_supervision=cfg.enable_deep_supervision)
         else:
-            step_logits = [self.decode(chunk_states)]
-            loss = token_ce(step_logits[0], targets)
-            metrics = {"ce_final": loss.detach()}
-        final = step_logits[-1]
+            loss, metrics = step_ce[0], {"ce_final": step_ce[0].detach()}
         metrics["masked_chunks"] = torch.tensor(float(index.shape[0]))
         logits = None
         if return_logits:
-            logits = self.decode(noisy_states).index_put((rows, token_pos), final) if refine \
-                else self.decode(noisy_states)
-        chunk_ce = torch.nn.functional.cross_entropy(final.detach().float().transpose(1, 2), targets,
-                                                     reduction="none").mean(dim=1)
-        return HybridOutput(logits=logits, loss=loss, metrics=metrics, noisy_input_ids=drawn.input_ids, labels=drawn.labels,
-                            chunk_masked=drawn.chunk_masked, chunk_index=index, chunk_targets=targets,
-                            chunk_predictions=final.detach().argmax(dim=-1), chunk_ce=chunk_ce)
+            logits = self.decode(noisy_states).index_put((rows, token_pos), self.decode(step_states[-1]))
+        return HybridOutput(logits=logits, loss=loss, metrics=metrics, noisy_input_ids=drawn.input_ids,
+                            labels=drawn.labels, chunk_masked=drawn.chunk_masked, chunk_index=index,
+                            chunk_targets=targets, chunk_predictions=step_pred[-1], chunk_ce=final_chunk_ce)
 
     def _compact_pass(self, input_ids, chunk_masked, attention_mask, prompt_lens, rows, token_pos):
         """The bd3 pass with x_t reduced to its masked chunks: `[masked chunks of x_t ; x_0]`.

@@ -8,7 +8,8 @@ l_k: [M, C, V] and halting logits h_k: [M]:
     loss   = CE_K + deep_supervision_weight * mean_{k<K} CE_k + mean_k BCE_k
 
 (the intermediate term is 0 when K == 1 or deep supervision is disabled). Without refinement the
-loss is CE of the backbone's logits on the masked tokens.
+loss is CE of the backbone's logits on the masked tokens. The loss takes CE_k and argmax l_k rather
+than l_k, so the model can compute them without materialising the logits (fused linear CE).
 """
 from __future__ import annotations
 
@@ -16,28 +17,27 @@ import torch
 import torch.nn.functional as F
 
 
-def chunk_correct(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """1.0 where every token's argmax equals its target. logits [M, C, V], targets [M, C] -> float32 [M]"""
-    return (logits.argmax(dim=-1) == targets).all(dim=-1).float()
-
-
 def token_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean CE in fp32. logits [..., V], targets [...] -> scalar"""
     return F.cross_entropy(logits.float().flatten(0, -2), targets.flatten())
 
 
-def chunk_sft_loss(step_logits: list[torch.Tensor], halt_logits: list[torch.Tensor], targets: torch.Tensor, *,
-                   deep_supervision_weight: float, enable_deep_supervision: bool = True
+def chunk_sft_loss(step_ce: list[torch.Tensor], step_predictions: list[torch.Tensor], halt_logits: list[torch.Tensor],
+                   targets: torch.Tensor, *, deep_supervision_weight: float, enable_deep_supervision: bool = True
                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The formula of the module docstring. Returns (loss, metrics of detached scalars)."""
-    ces = [token_ce(logits, targets) for logits in step_logits]
-    final = ces[-1]
-    intermediate = torch.stack(ces[:-1]).mean() if len(ces) > 1 and enable_deep_supervision else final.new_zeros(())
-    correct = [chunk_correct(logits.detach(), targets) for logits in step_logits]
+    """The formula of the module docstring.
+
+    step_ce: K scalars CE_k; step_predictions: K x int64 [M, C] argmax l_k; halt_logits: K x [M];
+    targets: int64 [M, C]. Returns (loss, metrics of detached scalars).
+    """
+    final = step_ce[-1]
+    intermediate = torch.stack(step_ce[:-1]).mean() if len(step_ce) > 1 and enable_deep_supervision \
+        else final.new_zeros(())
+    correct = [(pred == targets).all(dim=-1).float() for pred in step_predictions]
     halting = torch.stack([F.binary_cross_entropy_with_logits(h, c) for h, c in zip(halt_logits, correct)]).mean()
     loss = final + deep_supervision_weight * intermediate + halting
     metrics = {"ce_final": final.detach(), "ce_intermediate": intermediate.detach(), "halting_bce": halting.detach(),
-               "chunk_acc_final": correct[-1].mean(), "chunk_acc_backbone_step1": correct[0].mean()}
+               "chunk_acc_final": correct[-1].mean(), "chunk_acc_step1": correct[0].mean()}
     return loss, metrics
 
 
@@ -54,7 +54,8 @@ def per_chunk_loop(model, input_ids: torch.Tensor, prompt_lens: torch.Tensor, ch
     over `prompt + clean chunks < i + masked chunk i` under the single-stream block_causal layout,
     then (with `refine`) the head for the model's fixed number of steps.
     input_ids: int64 [B, L] clean; prompt_lens: int [B]; chunk_masked: bool [B, N].
-    Returns (step_logits: K x [M, C, V], halt_logits: K x [M], targets: int64 [M, C]).
+    Returns (step_logits: K x [M, C, V], halt_logits: K x [M], targets: int64 [M, C]);
+    `loop_loss` turns them into the objective.
     """
     from chunksft.models.attention import ChunkLayout
 
@@ -73,3 +74,12 @@ def per_chunk_loop(model, input_ids: torch.Tensor, prompt_lens: torch.Tensor, ch
         return [model.decode(chunk_states)], [], targets
     trace = model.refine(chunk_states)
     return [model.decode(y) for y in trace.states], trace.confidence, targets
+
+
+def loop_loss(step_logits: list[torch.Tensor], halt_logits: list[torch.Tensor], targets: torch.Tensor, *,
+              deep_supervision_weight: float, enable_deep_supervision: bool = True):
+    """`chunk_sft_loss` of `per_chunk_loop`'s logits (the eager reference of the objective)."""
+    return chunk_sft_loss([token_ce(logits, targets) for logits in step_logits],
+                          [logits.argmax(dim=-1) for logits in step_logits], halt_logits, targets,
+                          deep_supervision_weight=deep_supervision_weight,
+                          enable_deep_supervision=enable_deep_supervision)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from chunksft.models import HybridConfig, HybridModel
-from chunksft.objectives.chunk_sft import chunk_sft_loss, per_chunk_loop
+from chunksft.objectives.chunk_sft import loop_loss, per_chunk_loop
 
 C = 16
 
@@ -44,8 +44,9 @@ def test_one_pass_equals_per_chunk_loop(model):
     torch.testing.assert_close(one_pass, loop_plain[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(refined.logits[index[:, :1], positions], loop_steps[-1], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(loop_steps[-1], loop_plain[0], atol=1e-3), "the head should change the logits"
-    loop_loss, _ = chunk_sft_loss(loop_steps, loop_halt, targets, deep_supervision_weight=0.3)
-    torch.testing.assert_close(refined.loss, loop_loss, atol=1e-5, rtol=1e-5)
+    reference, _ = loop_loss(loop_steps, loop_halt, targets, deep_supervision_weight=0.3)
+    torch.testing.assert_close(refined.loss, reference, atol=1e-5, rtol=1e-5)
+    assert torch.equal(refined.chunk_predictions, loop_steps[-1].argmax(-1))
 
 
 def test_bidirectional_pass_differs_from_block_causal(model):
