@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The CPU wheel of torch must be installed before anything that depends on torch.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install data train test test-faults test-all clean
+.PHONY: install data train bench test test-faults test-all clean
 
 install: $(VENV)/.installed
 
@@ -22,6 +22,16 @@ data: install
 
 train: data
 	PATH="$(abspath $(BIN)):$$PATH" bash launch/train.sh
+
+# CPU benchmark suite (<= 15 min on 2 idle cores): op benches, the end-to-end chunk_sft step (loop vs
+# one-pass eager vs fused, growth exponents, ZeRO-3 1/2 ranks), then the results table of
+# benchmarks/README.md. Results: benchmarks/results/*.{csv,json,png}.
+bench: data
+	$(BIN)/python benchmarks/bench_chunk_mask.py
+	$(BIN)/python benchmarks/bench_chunk_attention.py --reps 2
+	$(BIN)/python benchmarks/bench_linear_cross_entropy.py --reps 1
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_train_step.py
+	$(BIN)/python benchmarks/harness.py --summary
 
 test: data
 	$(BIN)/python -m pytest -q -x --timeout=900 tests

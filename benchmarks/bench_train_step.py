@@ -5,7 +5,9 @@ forward + backward (gradients zeroed first; no optimizer update, like the DESIGN
   loop   the naive per-chunk loop (`chunksft.objectives.chunk_sft.per_chunk_loop`: one block_causal
          forward per masked chunk, eager backend) + the same loss;
   eager  one bd3 pass, backend="eager", compact_noisy_stream=False: SDPA + dense [2L, 2L] mask (the anchor);
-  fused  one bd3 pass, backend="auto" (C++ on CPU when built) + compact_noisy_stream=True.
+  fused  one bd3 pass, backend="auto" (C++ on CPU when built) + compact_noisy_stream=True;
+  head   diagnostic: the refinement head + decode + loss alone (fwd+bwd) on fixed chunk states, the
+         work every provider shares; "backbone part" ratios subtract it.
 All three use identical weights and the same masked chunks (exactly round(mask_probability * N) chunks
 per row, drawn with a fixed seed) and are timed interleaved, round by round, so a busy shared machine
 slows them alike; the losses are checked to agree. tokens/s counts the B*L tokens of the rows (not 2L).
@@ -48,7 +50,7 @@ from harness import RESULTS, Row, fit_exponent, machine, plot_scaling, report, t
 PROMPT, CHUNK = 64, 16
 ANCHOR_L = PROMPT + 32 * CHUNK  # DESIGN §4: prompt 64 + 32 chunks of 16
 ANCHOR = {"loop_s": 3.66, "eager_s": 0.47, "ratio": 7.8, "fused_target": 12.0}
-PROVIDERS = ("loop", "eager", "fused")
+PROVIDERS = ("loop", "eager", "fused", "head")  # head: the refinement head alone (same in all three)
 
 
 def model_configs() -> dict:
@@ -115,7 +117,26 @@ def step_fns(models, ids, prompt_lens, chunk_masked):
         loss.backward()
         return loss.detach()
 
-    return {"loop": loop, "eager": one_pass(models["eager"]), "fused": one_pass(models["fused"])}
+    size = models["fused"].config.chunk_size
+    rows, chunks = chunk_masked.nonzero(as_tuple=True)
+    starts = prompt_lens[rows, None] + chunks[:, None] * size + torch.arange(size)
+    targets = ids[rows[:, None], starts]  # [M, C]
+    hidden = models["fused"].config.backbone["hidden_size"]
+    states = torch.randn(targets.shape[0], size, hidden, generator=torch.Generator().manual_seed(1))
+
+    def head():
+        """The refinement head + decode + loss alone (fwd+bwd) on fixed chunk states: the part of a
+        step that is the same for every provider."""
+        model = models["fused"]
+        zero(model)
+        trace = model.refine(states)
+        loss, _ = loop_loss([model.decode(y) for y in trace.states], trace.confidence, targets,
+                            deep_supervision_weight=model.config.deep_supervision_weight,
+                            enable_deep_supervision=model.config.enable_deep_supervision)
+        loss.backward()
+        return loss.detach()
+
+    return {"loop": loop, "eager": one_pass(models["eager"]), "fused": one_pass(models["fused"]), "head": head}
 
 
 def fused_backend_label() -> str:
@@ -153,7 +174,7 @@ def run_single(args) -> list[dict]:
             if seq_len > loop_max:
                 fns.pop("loop")
             losses = {name: float(fn()) for name, fn in fns.items()}  # also a first warm-up
-            spread = max(losses.values()) - min(losses.values())
+            spread = max(v for k, v in losses.items() if k != "head") - min(v for k, v in losses.items() if k != "head")
             timed = time_interleaved(fns, "cpu", warmup=1, reps=reps)
             for name, (ms, p20, p80, peak) in timed.items():
                 results.append(dict(model=model_name, train=freeze, L=seq_len, provider=name, ms=ms, p20=p20, p80=p80,
@@ -161,7 +182,7 @@ def run_single(args) -> list[dict]:
                                     masked_chunks=int(chunk_masked.sum()), params=params, trainable=trainable,
                                     loss=losses[name], loss_spread=spread, reps=reps))
             line = "  ".join(f"{n} {timed[n][0]:8.1f} ms" for n in timed)
-            ratios = "  ".join(f"{n}/fused {timed[n][0] / timed['fused'][0]:.2f}x" for n in timed if n != "fused")
+            ratios = "  ".join(f"{n}/fused {timed[n][0] / timed['fused'][0]:.2f}x" for n in timed if n not in ("fused", "head"))
             print(f"[{model_name} {freeze} L={seq_len} M={int(chunk_masked.sum())}] {line} | {ratios} | "
                   f"loss spread {spread:.1e}", flush=True)
         del models
@@ -200,6 +221,12 @@ def write_single(results: list[dict], meta: dict) -> None:
         if ref_eager and r["provider"] == "fused":
             extra["speedup_vs_eager"] = ref_eager["ms"] / r["ms"]
             notes.append(f"{extra['speedup_vs_eager']:.2f}x vs eager")
+        head = by.get((r["model"], r["train"], r["L"], "head"))
+        if head and r["provider"] == "head":
+            notes.append(f"{head['ms'] / by[(r['model'], r['train'], r['L'], 'fused')]['ms']:.0%} of the fused step")
+        elif head and ref_loop and r["provider"] != "loop" and r["ms"] > head["ms"]:
+            extra["backbone_speedup_vs_loop"] = (ref_loop["ms"] - head["ms"]) / (r["ms"] - head["ms"])
+            notes.append(f"backbone part {extra['backbone_speedup_vs_loop']:.1f}x vs loop")
         if key in exps:
             extra["growth_exponent"] = exps[key]
             notes.append(f"time~L^{exps[key]:.2f}")
@@ -225,6 +252,12 @@ def write_single(results: list[dict], meta: dict) -> None:
                   f"{got['eager']:.3f} s ({got['loop'] / got['eager']:.2f}x; anchor {ANCHOR['ratio']}x, target >= 7x), "
                   f"fused {got['fused']:.3f} s ({got['loop'] / got['fused']:.2f}x; target >= {ANCHOR['fused_target']}x) "
                   f"-> fused/eager {got['eager'] / got['fused']:.2f}x")
+            if "head" in got:
+                h = got["head"]
+                print(f"  head alone {h:.3f} s = {h / got['fused']:.0%} of the fused step; backbone parts: loop "
+                      f"{got['loop'] - h:.3f} s, eager {got['eager'] - h:.3f} s, fused {got['fused'] - h:.3f} s -> "
+                      f"loop/fused {(got['loop'] - h) / (got['fused'] - h):.1f}x, loop/eager "
+                      f"{(got['loop'] - h) / (got['eager'] - h):.1f}x")
     for key, value in exps.items():
         print(f"growth exponent {' '.join(key)}: time ~ L^{value:.2f}")
 
@@ -387,6 +420,37 @@ def trainer_entry(argv: list[str]) -> int:
     return train_main(rest)
 
 
+def cost_model(prompt: int = PROMPT, p: float = 0.3, tile: int = 64) -> None:
+    """Print the bd3 cost-model tables of benchmarks/README.md (counts from `chunk_attention_mask`)."""
+    from chunksft.ops.masks import chunk_attention_mask
+
+    def counts(seq_len, size, prob):
+        mask = chunk_attention_mask(torch.tensor([prompt]), seq_len, chunk_size=size, layout="bd3")[0]
+        total = 2 * seq_len
+        pairs = int(mask.sum())
+        tiles = mask.view(total // tile, tile, total // tile, tile).any(3).any(1).float().mean().item()
+        n = (seq_len - prompt) // size
+        clean = int(chunk_attention_mask(torch.tensor([prompt]), seq_len, chunk_size=size, layout="block_causal").sum())
+        noisy = n * size * prompt + size * size * n * (n + 1) / 2
+        return dict(pairs=pairs, density=pairs / total ** 2, tiles=tiles, compact_pairs=clean + prob * noisy,
+                    compact_tokens=seq_len + prob * n * size, loop_tokens=prob * (n * prompt + size * n * (n + 1) / 2))
+
+    print("| L | C | visible pairs (bd3) | density | tiles computed | compact pairs / (2L)^2 | "
+          "tokens: full 2L / compact L+pNC / loop |")
+    for seq_len in (256, 576, 1024, 2048, 4096):
+        for size in (16, 64):
+            if (seq_len - prompt) % size == 0:
+                r = counts(seq_len, size, p)
+                print(f"| {seq_len} | {size} | {r['pairs']:,} | {r['density']:.3f} | {r['tiles']:.3f} | "
+                      f"{r['compact_pairs'] / (2 * seq_len) ** 2:.3f} | {2 * seq_len} / {r['compact_tokens']:.0f} / "
+                      f"{r['loop_tokens']:.0f} |")
+    print("\n| p | tokens vs 2L | pairs vs full bd3 | pairs vs dense (2L)^2 |   (L = 1024, C = 16)")
+    for prob in (0.1, 0.3, 0.5, 1.0):
+        r = counts(1024, 16, prob)
+        print(f"| {prob} | {r['compact_tokens'] / 2048:.3f} | {r['compact_pairs'] / r['pairs']:.3f} | "
+              f"{r['compact_pairs'] / 2048 ** 2:.3f} |")
+
+
 # ------------------------------------------------------------------------------ CLI
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
@@ -394,6 +458,7 @@ def main(argv=None):
         return trainer_entry(argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=["single", "zero3", "all"], default="all")
+    parser.add_argument("--cost-model", action="store_true", help="print the bd3 cost-model tables and exit")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of the single-process part (default 1: a 2-core machine shared with "
                              "other processes; the ZeRO-3 part always uses 1 thread per rank)")
@@ -410,6 +475,9 @@ def main(argv=None):
     parser.add_argument("--zero3-steps", type=int, default=6)
     parser.add_argument("--zero3-rounds", type=int, default=1)
     args = parser.parse_args(argv)
+    if args.cost_model:
+        cost_model()
+        return 0
     if args.full:
         args.reps = max(args.reps, 5)
         args.zero3_rounds = max(args.zero3_rounds, 2)
