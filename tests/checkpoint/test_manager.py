@@ -46,7 +46,7 @@ def test_explicit_path_to_a_run_or_a_tag(tmp_path):
         find_resume(str(tmp_path / "nope"), str(tmp_path), 2)
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garble", "delete"])
+@pytest.mark.parametrize("damage", ["truncate", "garble", "flip", "delete"])
 def test_damaged_shard_is_detected(tmp_path, damage):
     tag_dir = make_tag(tmp_path, 3)
     shard = tag_dir / "zero_pp_rank_1_mp_rank_00_model_states.pt"
@@ -55,6 +55,9 @@ def test_damaged_shard_is_detected(tmp_path, damage):
         shard.write_bytes(data[: len(data) // 2])
     elif damage == "garble":
         shard.write_bytes(b"\0" * len(data))
+    elif damage == "flip":  # one bit in the middle: same size, still a loadable zip; only the CRC-32 sees it
+        middle = len(data) // 2
+        shard.write_bytes(data[:middle] + bytes([data[middle] ^ 1]) + data[middle + 1:])
     else:
         shard.unlink()
     assert "zero_pp_rank_1" in validate_tag(str(tag_dir))

@@ -159,10 +159,8 @@ DAMAGE = {
 }
 
 
-@pytest.mark.parametrize("damage", [
-    pytest.param("garble-shard", id="garble-shard"),
-    *(pytest.param(name, id=name, marks=pytest.mark.faults_full) for name in DAMAGE if name != "garble-shard"),
-])
+@pytest.mark.faults_full  # the fast check of the CRC: tests/checkpoint/test_manager.py (damage "flip")
+@pytest.mark.parametrize("damage", list(DAMAGE))
 def test_damaged_newest_checkpoint_then_resume(run_a, tmp_path, train_flags, damage):
     """Damage run_a's newest tag (step 6) in a copy; auto-resume skips it for step 3 (or, for a
     deleted `latest`, which chunksft never reads, keeps step 6) and ends at run_a's weights."""
