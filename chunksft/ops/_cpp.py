@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import os
 import sys
 import threading
@@ -56,6 +57,15 @@ def _jit_build() -> ModuleType:
         raise RuntimeError(f"no C++ sources in {CSRC} (an installed wheel does not ship csrc/)")
     path = build_dir()
     path.mkdir(parents=True, exist_ok=True)
+    # Reuse a finished build that is newer than the sources without asking ninja: processes whose
+    # environments make torch emit a different compile command would otherwise rebuild over each other.
+    # A `lock` file means a build is in progress: then `load` waits for it.
+    library = path / f"{JIT_NAME}.so"
+    if library.exists() and not (path / "lock").exists() and not _stale(library):
+        spec = importlib.util.spec_from_file_location(JIT_NAME, library)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
     return load(name=JIT_NAME, sources=[str(s) for s in srcs], extra_cflags=CXX_FLAGS, build_directory=str(path),
                 verbose=os.environ.get("CHUNKSFT_CPP_VERBOSE", "0") == "1")
 
@@ -172,8 +182,9 @@ def chunk_attention_cpp(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, pr
 # linear_cross_entropy
 # ----------------------------------------------------------------------------------------------
 
-def rows_per_block(vocab: int, budget_elements: int = 1 << 24) -> int:
-    """Rows whose fp32 logits fit in `budget_elements` (64 MB by default), at least 16."""
+def rows_per_block(vocab: int, budget_elements: int = 1 << 25) -> int:
+    """Rows whose fp32 logits fit in `budget_elements` (128 MB by default), at least 16. Each block
+    costs one read-modify-write pass over the [V, H] fp32 weight gradient, so blocks are not smaller."""
     return max(16, budget_elements // max(vocab, 1))
 
 
@@ -213,8 +224,11 @@ class LinearCrossEntropyCpp(torch.autograd.Function):
                                                                               ctx.block)
         else:
             grad_hidden, grad_weight = ctx.saved_tensors
-            grad_hidden = (grad_hidden.float() * grad_out.float()).to(grad_hidden.dtype)
-            grad_weight = grad_weight * grad_out.float()
+            # grad_out is 1 for a plain loss.backward(): skip the scaling, which would copy the [V, H]
+            # fp32 weight gradient (the largest buffer of the op).
+            if not bool(grad_out == 1):
+                grad_hidden = (grad_hidden.float() * grad_out.float()).to(grad_hidden.dtype)
+                grad_weight = grad_weight * grad_out.float()
         return grad_hidden, grad_weight.to(ctx.weight_dtype), None, None, None, None
 
 
