@@ -39,10 +39,11 @@ def tag(run_dir: Path, step: int) -> Path:
 
 
 def launch(train_flags, out: Path, log: str, *, check: bool = True, env: dict | None = None,
-           prefix: list[str] | None = None) -> subprocess.CompletedProcess:
-    """One 2-rank deepspeed launch of the shared test flags into `out` (auto-resume is the default)."""
+           prefix: list[str] | None = None, log_dir: Path | None = None) -> subprocess.CompletedProcess:
+    """One 2-rank deepspeed launch of the shared test flags into `out` (auto-resume is the default);
+    output to (log_dir or out)/log."""
     return run([*(prefix or []), *deepspeed_cmd(2), *train_flags, *QUIET, "--output_dir", str(out)], check=check, env=env,
-               log=out / log)
+               log=(log_dir or out) / log)
 
 
 def copy_checkpoints(reference: Path, out: Path, steps: tuple[int, ...]) -> dict[str, str]:
@@ -195,7 +196,7 @@ def test_disk_full_during_save_then_resume(run_a, tmp_path, train_flags):
                            max(f.stat().st_size for f in files) // 2)
     try:
         before = copy_checkpoints(run_a, out, (HALF,))
-        full = launch(train_flags, out, "full.log", check=False, prefix=prefix)
+        full = launch(train_flags, out, "full.log", check=False, prefix=prefix, log_dir=tmp_path)  # out is full
         assert full.returncode != 0
         errors = [line for line in full.stderr.splitlines() if "saving failed on rank" in line]
         assert errors and "older checkpoints are intact" in errors[0], full.stderr[-3000:]
@@ -203,7 +204,7 @@ def test_disk_full_during_save_then_resume(run_a, tmp_path, train_flags):
         assert_untouched(out, before, (HALF,))
         if not prefix:
             subprocess.run(["mount", "-o", "remount,size=256m", str(out)], check=True)
-        launch(train_flags, out, "resumed.log")
+        launch(train_flags, out, "resumed.log", log_dir=tmp_path)
         assert json.loads((out / "run_info.json").read_text())["start_step"] == HALF
         assert_same_weights(out, run_a)
         assert_untouched(out, before, (HALF,))
