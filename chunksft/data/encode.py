@@ -109,17 +109,18 @@ def build_dataset(source: str | None = None, *, tokenizer=None, chunk_size: int 
     """Load, map, template and tokenize a source -> (ChunkDataset, DataStats).
 
     source: a .jsonl/.json/.parquet file, a hub dataset name (`name` or `name:config`), or
-    None / "bundled" for the bundled split `split` (train | validation | test).
+    None / "bundled" / "bundled:<level>" for the bundled split `split` (train | validation | test).
     tokenizer: a loaded tokenizer; None = the bundled one.
     Raises DataError (one line) on unreadable input, bad arguments, or when no row is usable.
     """
     check_chunk_args(chunk_size, max_length, overflow)
-    if source is None or source == "bundled":
-        from chunksft.data.bundled import SPLIT_SIZES, ensure_bundled
+    if source is None or source == "bundled" or source.startswith("bundled:"):
+        from chunksft.data.bundled import split_path
 
-        if split not in SPLIT_SIZES:
-            raise DataError(f"bundled data has no split {split!r}; use one of {', '.join(SPLIT_SIZES)}")
-        source, format = str(ensure_bundled() / f"{split}.jsonl"), "plain"
+        try:
+            source, format = str(split_path(source or "bundled", split)), "plain"
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
     if tokenizer is None:
         from chunksft.data.tokenizer import load_tokenizer
 

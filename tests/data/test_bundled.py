@@ -5,24 +5,25 @@ import pytest
 
 from chunksft.data import (ANSWER_CLOSE_ID, ANSWER_OPEN_ID, BUNDLED_VOCAB_SIZE, EOS_TOKEN_ID, MASK_TOKEN_ID,
                            PAD_TOKEN_ID, DataError, ReasoningExample, ensure_bundled, load_tokenizer, render)
-from chunksft.data.bundled import SPLIT_SIZES, build
+from chunksft.data.bundled import LEVEL_SIZES, LEVELS, build, split_path
 from chunksft.data.bundled.problems import split_of
 
 STEP = re.compile(r"^(\d+) ([-+*/]) (\d+) = (\d+)$")
 OPS = {"+": int.__add__, "-": int.__sub__, "*": int.__mul__, "/": int.__floordiv__}
 
 
-def read(split):
-    return [json.loads(line) for line in (ensure_bundled() / f"{split}.jsonl").read_text().splitlines()]
+def read(split, level="bundled"):
+    return [json.loads(line) for line in split_path(level, split).read_text().splitlines()]
 
 
 def canonical(row):
     return row["template"], tuple(int(n) for n in re.findall(r"\d+", row["question"]))
 
 
-def test_splits_sizes_arithmetic_and_disjoint_by_construction():
-    splits = {s: read(s) for s in SPLIT_SIZES}
-    assert {s: len(r) for s, r in splits.items()} == {"train": 8000, "validation": 500, "test": 500}
+@pytest.mark.parametrize("level", list(LEVELS))
+def test_splits_sizes_arithmetic_and_disjoint_by_construction(level):
+    splits = {s: read(s, f"bundled:{level}") for s in LEVEL_SIZES[level]}
+    assert {s: len(r) for s, r in splits.items()} == LEVEL_SIZES[level]
     for split, rows in splits.items():
         for row in rows:
             assert 2 <= len(row["steps"]) <= 4
@@ -31,13 +32,26 @@ def test_splits_sizes_arithmetic_and_disjoint_by_construction():
                 assert OPS[op](int(a), int(b)) == int(c) and (op != "/" or int(a) % int(b) == 0)
             assert STEP.match(row["steps"][-1]).group(4) == row["answer"]
     train_forms = {canonical(r) for r in splits["train"]}
-    assert len(train_forms) == 8000  # no duplicates either
+    assert len(train_forms) == LEVEL_SIZES[level]["train"]  # no duplicates either
     for held_out in ("validation", "test"):
         forms = {canonical(r) for r in splits[held_out]}
-        assert len(forms) == 500 and not forms & train_forms
+        assert len(forms) == LEVEL_SIZES[level][held_out] and not forms & train_forms
         assert not {r["question"] for r in splits[held_out]} & {r["question"] for r in splits["train"]}
     assert not {canonical(r) for r in splits["validation"]} & {canonical(r) for r in splits["test"]}
-    assert len({r["template"] for r in splits["train"]}) >= 5
+    assert {r["template"] for r in splits["train"]} == set(LEVELS[level])
+
+
+def test_levels_grow_in_difficulty_and_the_default_is_multi_step_two_digit_arithmetic():
+    default = read("train")
+    assert default == read("train", "bundled:arith")
+    ops = {m.group(2) for r in default for m in map(STEP.match, r["steps"])}
+    assert ops == {"+", "-", "*"} and {len(r["steps"]) for r in default} == {2, 3}
+    assert all(any(10 <= int(n) <= 99 for n in re.findall(r"\d+", r["question"])) for r in default)
+    mean_len = {level: sum(len(r["question"]) for r in read("train", f"bundled:{level}")) / LEVEL_SIZES[level]["train"]
+                for level in LEVELS}
+    assert mean_len["sums"] <= mean_len["arith"] < mean_len["word"]
+    with pytest.raises(ValueError, match="no level 'hard'"):
+        split_path("bundled:hard", "train")
 
 
 def test_split_assignment_is_a_function_of_the_canonical_form():
@@ -47,14 +61,15 @@ def test_split_assignment_is_a_function_of_the_canonical_form():
 
 
 def test_generation_is_deterministic_and_idempotent(tmp_path):
-    sizes = {"train": 300, "validation": 30, "test": 30}
+    sizes = {"arith": {"train": 300, "validation": 30, "test": 30}, "word": {"train": 100, "test": 10}}
     a, b = build(tmp_path / "a", sizes=sizes), build(tmp_path / "b", sizes=sizes)
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file() and p.name != ".lock")
-    assert [str(f) for f in files] == ["manifest.json", "test.jsonl", "tokenizer/tokenizer.json",
-                                       "tokenizer/tokenizer_config.json", "train.jsonl", "validation.jsonl"]
+    assert [str(f) for f in files] == ["arith/test.jsonl", "arith/train.jsonl", "arith/validation.jsonl",
+                                       "manifest.json", "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json",
+                                       "word/test.jsonl", "word/train.jsonl"]
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
-    stamp = (a / "train.jsonl").stat().st_mtime_ns
-    assert build(a, sizes=sizes) == a and (a / "train.jsonl").stat().st_mtime_ns == stamp  # complete: no rebuild
+    stamp = (a / "arith" / "train.jsonl").stat().st_mtime_ns
+    assert build(a, sizes=sizes) == a and (a / "arith" / "train.jsonl").stat().st_mtime_ns == stamp  # complete: no rebuild
 
 
 def test_tokenizer_fixed_ids_vocab_and_round_trip(tokenizer):
@@ -63,7 +78,7 @@ def test_tokenizer_fixed_ids_vocab_and_round_trip(tokenizer):
     assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.mask_token_id) == (0, 1, 2)
     assert tokenizer.convert_tokens_to_ids(["<|pad|>", "<|endoftext|>", "<|mask|>", "<answer>", "</answer>"]) == \
         [0, 1, 2, 3, 4]
-    for row in read("validation") + read("test"):
+    for row in read("validation") + read("test", "bundled:word"):
         text = "".join(render(ReasoningExample(row["question"], row["steps"], row["answer"])))
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         assert max(ids) < 512 and tokenizer.decode(ids) == text

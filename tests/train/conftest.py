@@ -16,12 +16,11 @@ from launching import HALF, STEPS, deepspeed_cmd, free_port, launch_pair, run
 @pytest.fixture(scope="session")
 def data_files(tmp_path_factory) -> dict[str, str]:
     """64 training and 8 held-out rows of the bundled data as local jsonl files."""
-    from chunksft.data import ensure_bundled
+    from chunksft.data.bundled import split_path
 
-    bundled = ensure_bundled()
     out = tmp_path_factory.mktemp("data")
     for split, n in (("train", 64), ("validation", 8)):
-        lines = (bundled / f"{split}.jsonl").read_text().splitlines()[:n]
+        lines = split_path("bundled", split).read_text().splitlines()[:n]
         (out / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
     return {"train": str(out / "train.jsonl"), "validation": str(out / "validation.jsonl")}
 

@@ -1,7 +1,15 @@
-"""Deterministic multi-step arithmetic word problems (our own generator).
+"""Deterministic multi-step arithmetic problems at three difficulty levels (our own generator).
 
 Each template draws a few small numbers and returns the question, one `a op b = c` step per line
-(2-4 steps) and the final answer. A problem's *canonical form* is (template, numbers): names and
+(2-4 steps) and the final answer. Levels (`LEVELS`), easiest first:
+
+- "sums":  two-step sums and differences of two-digit numbers, as a bare expression
+           ("Compute 23 + 45 - 17.");
+- "arith": two- and three-step expressions over two-digit numbers with sums, differences and small
+           products, precedence included ("Compute 35 + 4 * 12.", "Compute 7 * 12 + 35 - 48.");
+           the default job's level: short rows, so a tiny model sees many of them per CPU-second;
+- "word":  word problems of 2-4 steps whose numbers must be read out of a sentence (long prompts).
+ A problem's *canonical form* is (template, numbers): names and
 objects are decoration, so two problems with the same canonical form are the same exercise.
 The split of a problem is a pure function of a hash of its canonical form, which makes test and
 validation disjoint from train by construction (no two splits can share an exercise).
@@ -130,11 +138,92 @@ def _draw_savings(r: random.Random) -> tuple[int, ...]:
     return weekly, weeks, earned - rest, jars
 
 
-TEMPLATES: dict[str, tuple[Callable[[random.Random], tuple[int, ...]], Callable[..., Problem]]] = {
-    "buy_bags": (_draw_buy_bags, _buy_bags), "give_find": (_draw_give_find, _give_find),
-    "shop": (_draw_shop, _shop), "change": (_draw_change, _change), "reading": (_draw_reading, _reading),
-    "share": (_draw_share, _share), "savings": (_draw_savings, _savings),
+def _expression(text: str, steps: list[str], answer: int) -> Problem:
+    return f"Compute {text}.", steps, str(answer)
+
+
+def _add_sub(n: tuple[int, ...], name: str, item: str) -> Problem:
+    a, b, c = n
+    return _expression(f"{a} + {b} - {c}", [_step(a, "+", b, a + b), _step(a + b, "-", c, a + b - c)], a + b - c)
+
+
+def _sub_add(n: tuple[int, ...], name: str, item: str) -> Problem:
+    a, b, c = n
+    return _expression(f"{a} - {b} + {c}", [_step(a, "-", b, a - b), _step(a - b, "+", c, a - b + c)], a - b + c)
+
+
+def _mul_add(n: tuple[int, ...], name: str, item: str) -> Problem:
+    a, b, c = n
+    return _expression(f"{a} * {b} + {c}", [_step(a, "*", b, a * b), _step(a * b, "+", c, a * b + c)], a * b + c)
+
+
+def _mul_sub(n: tuple[int, ...], name: str, item: str) -> Problem:
+    a, b, c = n
+    return _expression(f"{a} * {b} - {c}", [_step(a, "*", b, a * b), _step(a * b, "-", c, a * b - c)], a * b - c)
+
+
+def _add_mul(n: tuple[int, ...], name: str, item: str) -> Problem:
+    a, b, c = n  # precedence: the product is the first step
+    return _expression(f"{a} + {b} * {c}", [_step(b, "*", c, b * c), _step(a, "+", b * c, a + b * c)], a + b * c)
+
+
+def _mul_add_sub(n: tuple[int, ...], name: str, item: str) -> Problem:
+    a, b, c, d = n
+    p, s = a * b, a * b + c
+    return _expression(f"{a} * {b} + {c} - {d}", [_step(a, "*", b, p), _step(p, "+", c, s), _step(s, "-", d, s - d)],
+                       s - d)
+
+
+def _two_digit(r: random.Random) -> int:
+    return r.randint(10, 99)
+
+
+def _small_product(r: random.Random) -> tuple[int, int]:
+    return r.randint(2, 9), r.randint(2, 12)
+
+
+def _draw_add_sub(r: random.Random) -> tuple[int, ...]:
+    a, b = _two_digit(r), _two_digit(r)
+    return a, b, r.randint(10, min(99, a + b))
+
+
+def _draw_sub_add(r: random.Random) -> tuple[int, ...]:
+    a = r.randint(11, 99)
+    return a, r.randint(10, a), _two_digit(r)
+
+
+def _draw_mul_add(r: random.Random) -> tuple[int, ...]:
+    return (*_small_product(r), _two_digit(r))
+
+
+def _draw_mul_sub(r: random.Random) -> tuple[int, ...]:
+    a, b = r.randint(2, 9), r.randint(2, 12)
+    while a * b < 10:  # a two-digit subtrahend must fit
+        a, b = r.randint(2, 9), r.randint(2, 12)
+    return a, b, r.randint(10, min(99, a * b))
+
+
+def _draw_add_mul(r: random.Random) -> tuple[int, ...]:
+    return (_two_digit(r), *_small_product(r))
+
+
+def _draw_mul_add_sub(r: random.Random) -> tuple[int, ...]:
+    a, b = _small_product(r)
+    c = _two_digit(r)
+    return a, b, c, r.randint(10, min(99, a * b + c))
+
+
+Template = tuple[Callable[[random.Random], tuple[int, ...]], Callable[..., Problem]]
+_SUMS: dict[str, Template] = {"add_sub": (_draw_add_sub, _add_sub), "sub_add": (_draw_sub_add, _sub_add)}
+LEVELS: dict[str, dict[str, Template]] = {
+    "sums": _SUMS,
+    "arith": {**_SUMS, "mul_add": (_draw_mul_add, _mul_add), "mul_sub": (_draw_mul_sub, _mul_sub),
+              "add_mul": (_draw_add_mul, _add_mul), "mul_add_sub": (_draw_mul_add_sub, _mul_add_sub)},
+    "word": {"buy_bags": (_draw_buy_bags, _buy_bags), "give_find": (_draw_give_find, _give_find),
+             "shop": (_draw_shop, _shop), "change": (_draw_change, _change), "reading": (_draw_reading, _reading),
+             "share": (_draw_share, _share), "savings": (_draw_savings, _savings)},
 }
+DEFAULT_LEVEL = "arith"
 
 
 def split_of(template: str, numbers: tuple[int, ...]) -> str:
@@ -144,19 +233,20 @@ def split_of(template: str, numbers: tuple[int, ...]) -> str:
     return "test" if bucket < 5 else "validation" if bucket < 10 else "train"
 
 
-def generate(sizes: dict[str, int], seed: int = 0) -> dict[str, list[dict]]:
-    """Rows {question, steps, answer, template} per split, deterministic in `seed`.
+def generate(sizes: dict[str, int], seed: int = 0, level: str = DEFAULT_LEVEL) -> dict[str, list[dict]]:
+    """Rows {question, steps, answer, template} per split of one level, deterministic in `seed`.
 
     Problems are drawn from one seeded stream, routed to the split their canonical form hashes to,
     and de-duplicated on the canonical form, until every split has its size.
     """
+    templates = LEVELS[level]
     rng = random.Random(seed)
-    names = sorted(TEMPLATES)
+    names = sorted(templates)
     out: dict[str, list[dict]] = {split: [] for split in sizes}
     seen: set[tuple] = set()
     while any(len(out[s]) < n for s, n in sizes.items()):
         template = rng.choice(names)
-        draw, render = TEMPLATES[template]
+        draw, render = templates[template]
         numbers = draw(rng)
         name, item = rng.choice(NAMES), rng.choice(ITEMS)
         split = split_of(template, numbers)
