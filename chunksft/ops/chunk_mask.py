@@ -1,4 +1,9 @@
-"""Chunk-level masking (chunk_sft) and token-level diffusion masking (pretrain / sft).
+"""Chunk-level masking (chunk_sft, bd3) and token-level diffusion masking (pretrain / sft).
+
+Chunk masking is two draws: each response chunk is selected with probability `mask_prob` (at least
+one per row), then inside a selected chunk each token is masked with the chunk's rate
+t ~ U(t_min, t_max) (at least one token per chunk). chunk_sft masks whole chunks (t = 1, the
+default `token_rate=(1, 1)`); bd3 selects every chunk (`mask_prob=1`) with `token_rate=(eps, 1)`.
 
 The eager functions here are the specification; the C++ and Triton kernels are tested against them.
 """
@@ -15,14 +20,34 @@ IGNORE_INDEX = -100
 
 
 class ChunkMask(NamedTuple):
-    input_ids: torch.Tensor     # int64 [B, L]: masked chunks replaced by mask_id
+    input_ids: torch.Tensor     # int64 [B, L]: masked tokens replaced by mask_id
     labels: torch.Tensor        # int64 [B, L]: token id on masked positions, -100 elsewhere
-    chunk_masked: torch.Tensor  # bool [B, N]: N = max number of response chunks in the batch
+    chunk_masked: torch.Tensor  # bool [B, N]: selected chunks; N = max number of response chunks in the batch
+    chunk_rate: torch.Tensor | None = None  # float32 [B, N]: t of each selected chunk (1 = whole chunk), 0 elsewhere
 
 
 def _check_probability(name: str, value: float) -> None:
     if not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"{name} must lie in [0, 1], got {value}; set it to e.g. 0.3")
+
+
+def _check_token_rate(token_rate: tuple[float, float]) -> tuple[float, float]:
+    t_min, t_max = map(float, token_rate)
+    if not 0.0 < t_min <= t_max <= 1.0:
+        raise ValueError(f"token_rate (t_min, t_max) must satisfy 0 < t_min <= t_max <= 1, got {token_rate}; "
+                         "e.g. (0.001, 1.0) for bd3, (1.0, 1.0) for whole chunks")
+    return t_min, t_max
+
+
+def expand_token_mask(token_masked: torch.Tensor, prompt_lens: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """Per-chunk-token flags bool [B, N, C] -> per-position flags bool [B, L] (prompt and tail False)."""
+    batch, n_chunks, size = token_masked.shape
+    rel = torch.arange(seq_len, device=prompt_lens.device)[None, :] - prompt_lens.long()[:, None]
+    inside = (rel >= 0) & (rel < n_chunks * size)
+    if n_chunks * size == 0:
+        return inside
+    flat = token_masked.reshape(batch, n_chunks * size)
+    return inside & torch.gather(flat, 1, rel.clamp(0, n_chunks * size - 1))
 
 
 def num_chunks(prompt_lens: torch.Tensor, seq_lens: torch.Tensor, chunk_size: int) -> torch.Tensor:
@@ -64,19 +89,43 @@ def draw_chunk_mask(n_chunks: torch.Tensor, max_chunks: int, mask_prob: float,
     return masked
 
 
+def draw_token_mask(chunk_masked: torch.Tensor, chunk_size: int, token_rate: tuple[float, float],
+                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Within-chunk masking: per chunk t ~ U(t_min, t_max), each token masked w.p. t, at least one.
+
+    chunk_masked: bool [B, N]. Returns (token flags bool [B, N, C], chunk rate float32 [B, N], 0 on
+    unselected chunks). token_rate == (1, 1) masks whole chunks without drawing (the draw stream of
+    whole-chunk masking is just `draw_chunk_mask`'s).
+    """
+    t_min, t_max = _check_token_rate(token_rate)
+    batch, n_chunks = chunk_masked.shape
+    if t_min == 1.0:
+        tokens = chunk_masked[:, :, None].expand(batch, n_chunks, chunk_size)
+        return tokens, chunk_masked.float()
+    device = chunk_masked.device
+    rate = t_min + (t_max - t_min) * torch.rand(batch, n_chunks, generator=generator, device=device)
+    tokens = torch.rand(batch, n_chunks, chunk_size, generator=generator, device=device) < rate[:, :, None]
+    fallback = torch.floor(torch.rand(batch, n_chunks, generator=generator, device=device) * chunk_size).long()
+    offsets = torch.arange(chunk_size, device=device)
+    tokens |= (~tokens.any(dim=2, keepdim=True)) & (offsets == fallback[:, :, None])
+    return tokens & chunk_masked[:, :, None], torch.where(chunk_masked, rate, torch.zeros_like(rate))
+
+
 def chunk_mask_eager(input_ids: torch.Tensor, prompt_lens: torch.Tensor, *, chunk_size: int = 16,
                      mask_prob: float = 0.3, mask_id: int, generator: torch.Generator | None = None,
-                     attention_mask: torch.Tensor | None = None,
-                     chunk_masked: torch.Tensor | None = None) -> ChunkMask:
-    """Reference chunk masking.
+                     attention_mask: torch.Tensor | None = None, chunk_masked: torch.Tensor | None = None,
+                     token_rate: tuple[float, float] = (1.0, 1.0)) -> ChunkMask:
+    """Reference chunk masking (module docstring).
 
     input_ids: int64 [B, L] (prompt, then EOS-padded response, then right padding);
     prompt_lens: int [B]; attention_mask: optional [B, L] (0 = right padding, never masked);
-    chunk_masked: optional bool [B, N] to use instead of a random draw.
+    chunk_masked: optional bool [B, N] to use instead of the chunk draw;
+    token_rate: (t_min, t_max) of the within-chunk rate; (1, 1) masks whole chunks.
     """
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}; e.g. --chunk_size 16")
     _check_probability("mask_probability", mask_prob)
+    _check_token_rate(token_rate)
     batch, seq_len = input_ids.shape
     prompt_lens = prompt_lens.to(device=input_ids.device, dtype=torch.long)
     if attention_mask is None:
@@ -90,10 +139,15 @@ def chunk_mask_eager(input_ids: torch.Tensor, prompt_lens: torch.Tensor, *, chun
     else:
         exists = torch.arange(chunk_masked.shape[1], device=input_ids.device)[None, :] < n_chunks[:, None]
         chunk_masked = chunk_masked.to(device=input_ids.device, dtype=torch.bool) & exists
-    token_masked = expand_chunk_mask(chunk_masked, prompt_lens, seq_len, chunk_size)
+    tokens, rate = draw_token_mask(chunk_masked, chunk_size, token_rate, generator)
+    return _apply_token_mask(input_ids, prompt_lens, mask_id, chunk_masked, tokens, rate)
+
+
+def _apply_token_mask(input_ids, prompt_lens, mask_id, chunk_masked, tokens, rate) -> ChunkMask:
+    token_masked = expand_token_mask(tokens, prompt_lens, input_ids.shape[1])
     noisy = torch.where(token_masked, torch.full_like(input_ids, mask_id), input_ids)
     labels = torch.where(token_masked, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
-    return ChunkMask(noisy, labels, chunk_masked)
+    return ChunkMask(noisy, labels, chunk_masked, rate)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,6 +157,7 @@ _MASK32 = 0xFFFFFFFF
 # Odd multipliers below 2**31: x * m < 2**63 for any 32-bit x, so int64 tensors hold the exact product.
 _MUL1, _MUL2 = 0x7FEB352D, 0x2C1B3C6D
 _CHUNK_SALT, _FALLBACK_SALT = 0x5BD1E995, 0x68E31DA4
+_RATE_SALT, _TOKEN_SALT, _OFFSET_SALT = 0x1B873593, 0x27D4EB2F, 0x165667B1
 _DRAW_BITS = 24  # a draw is the top 24 bits of the hash; masked iff draw < round(p * 2**24)
 
 
@@ -123,6 +178,37 @@ def seed_key(seed: int) -> int:
 
 def mask_threshold(mask_prob: float) -> int:
     return int(round(float(mask_prob) * (1 << _DRAW_BITS)))
+
+
+def draw_token_mask_counter(chunk_masked: torch.Tensor, chunk_size: int, token_rate: tuple[float, float],
+                            seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`draw_token_mask` with counter-based randomness, in integer arithmetic (bit-exact in kernels).
+
+    With lo, hi = mask_threshold(t_min), mask_threshold(t_max), row_key as in `draw_chunk_mask_counter`:
+      chunk j's threshold  T_j = lo + ((mix32(row_key ^ mix32(j ^ RATE_SALT)) >> 8) * (hi - lo) >> 24),
+      its rate             t_j = T_j / 2**24,
+      token o of chunk j   masked iff mix32(row_key ^ mix32((j*C + o) ^ TOKEN_SALT)) >> 8 < T_j,
+      none masked          -> token mix32(row_key ^ mix32(j ^ OFFSET_SALT)) % C.
+    With t_min = t_max = 1 every token is below T_j = 2**24: whole chunks, the same draw as before.
+    Returns (token flags bool [B, N, C], chunk rate float32 [B, N], 0 on unselected chunks).
+    """
+    t_min, t_max = _check_token_rate(token_rate)
+    lo, hi = mask_threshold(t_min), mask_threshold(t_max)
+    batch, n_chunks = chunk_masked.shape
+    device = chunk_masked.device
+    rows = torch.arange(batch, device=device, dtype=torch.int64)
+    row_key = mix32(seed_key(seed) ^ rows)[:, None, None]                       # [B, 1, 1]
+    chunks = torch.arange(n_chunks, device=device, dtype=torch.int64)[None, :, None]
+    offsets = torch.arange(chunk_size, device=device, dtype=torch.int64)[None, None, :]
+    rate_draw = mix32(row_key ^ mix32(chunks ^ _RATE_SALT)) >> (32 - _DRAW_BITS)  # [B, N, 1]
+    threshold = lo + ((rate_draw * (hi - lo)) >> _DRAW_BITS)
+    draw = mix32(row_key ^ mix32((chunks * chunk_size + offsets) ^ _TOKEN_SALT)) >> (32 - _DRAW_BITS)
+    tokens = draw < threshold
+    fallback = mix32(row_key ^ mix32(chunks ^ _OFFSET_SALT)) % chunk_size
+    tokens |= (~tokens.any(dim=2, keepdim=True)) & (offsets == fallback)
+    selected = chunk_masked[:, :, None]
+    rate = threshold[:, :, 0].float() / (1 << _DRAW_BITS)
+    return tokens & selected, torch.where(chunk_masked, rate, torch.zeros_like(rate))
 
 
 class CompactLayout(NamedTuple):
@@ -168,10 +254,11 @@ def _seq_lens(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> t
 
 
 def chunk_mask_counter(input_ids: torch.Tensor, prompt_lens: torch.Tensor, *, seed: int, chunk_size: int = 16,
-                       mask_prob: float = 0.3, mask_id: int, attention_mask: torch.Tensor | None = None
-                       ) -> tuple[ChunkMask, CompactLayout]:
-    """Reference of the fused chunk masking: `chunk_mask_eager` on the counter-based draw of `seed`,
-    plus the compacted layout. The Triton kernel (and any other fused backend) must match it exactly."""
+                       mask_prob: float = 0.3, mask_id: int, attention_mask: torch.Tensor | None = None,
+                       token_rate: tuple[float, float] = (1.0, 1.0)) -> tuple[ChunkMask, CompactLayout]:
+    """Reference of the fused chunk masking: the counter-based chunk and token draws of `seed`
+    applied as in `chunk_mask_eager`, plus the compacted layout. The Triton kernel (and any other
+    fused backend) must match it exactly."""
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}; e.g. --chunk_size 16")
     _check_probability("mask_probability", mask_prob)
@@ -179,8 +266,8 @@ def chunk_mask_counter(input_ids: torch.Tensor, prompt_lens: torch.Tensor, *, se
     n_chunks = num_chunks(prompt_lens, _seq_lens(input_ids, attention_mask), chunk_size)
     max_chunks = int(n_chunks.max().item()) if input_ids.shape[0] else 0
     drawn = draw_chunk_mask_counter(n_chunks, max_chunks, mask_prob, seed)
-    out = chunk_mask_eager(input_ids, prompt_lens, chunk_size=chunk_size, mask_prob=mask_prob, mask_id=mask_id,
-                           attention_mask=attention_mask, chunk_masked=drawn)
+    tokens, rate = draw_token_mask_counter(drawn, chunk_size, token_rate, seed)
+    out = _apply_token_mask(input_ids, prompt_lens, mask_id, drawn, tokens, rate)
     return out, compact_layout(out.chunk_masked, prompt_lens, chunk_size)
 
 
@@ -275,8 +362,9 @@ def chunk_mask_counter_triton(input_ids: torch.Tensor, prompt_lens: torch.Tensor
 def chunk_mask(input_ids: torch.Tensor, prompt_lens: torch.Tensor, *, chunk_size: int = 16, mask_prob: float = 0.3,
                mask_id: int, generator: torch.Generator | None = None, backend: str = "auto",
                attention_mask: torch.Tensor | None = None, chunk_masked: torch.Tensor | None = None,
-               seed: int | None = None) -> ChunkMask:
-    """Mask whole response chunks (DESIGN.md §1). See `chunk_mask_eager` for shapes.
+               seed: int | None = None, token_rate: tuple[float, float] = (1.0, 1.0)) -> ChunkMask:
+    """Mask response chunks (DESIGN.md §1): whole chunks, or tokens inside them at a per-chunk rate
+    t ~ U(*token_rate) (bd3). See `chunk_mask_eager` for shapes.
 
     backend: "eager" | "cpp" | "triton" | "auto" ("auto": triton on CUDA, else eager / cpp).
     The eager default draws from `generator` (torch.rand). `seed`, and every fused backend, use the
@@ -287,16 +375,22 @@ def chunk_mask(input_ids: torch.Tensor, prompt_lens: torch.Tensor, *, chunk_size
     resolved = resolve_backend("chunk_mask", backend, input_ids.device)
     if chunk_masked is not None or (resolved == "eager" and seed is None):
         return chunk_mask_eager(input_ids, prompt_lens, chunk_size=chunk_size, mask_prob=mask_prob, mask_id=mask_id,
-                                generator=generator, attention_mask=attention_mask, chunk_masked=chunk_masked)
+                                generator=generator, attention_mask=attention_mask, chunk_masked=chunk_masked,
+                                token_rate=token_rate)
     if seed is None:
         seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator).item())
     kwargs = dict(seed=seed, chunk_size=chunk_size, mask_prob=mask_prob, mask_id=mask_id,
                   attention_mask=attention_mask)
+    if tuple(map(float, token_rate)) != (1.0, 1.0):
+        # Within-chunk masking: the counter reference until the fused kernels draw tokens too.
+        return chunk_mask_counter(input_ids, prompt_lens, token_rate=token_rate, **kwargs)[0]
     if resolved == "triton":
-        return chunk_mask_counter_triton(input_ids, prompt_lens, **kwargs)[0]
-    if resolved == "cpp":
-        return cpp_impl("chunk_mask")(input_ids, prompt_lens, **kwargs)[0]
-    return chunk_mask_counter(input_ids, prompt_lens, **kwargs)[0]
+        out = chunk_mask_counter_triton(input_ids, prompt_lens, **kwargs)[0]
+    elif resolved == "cpp":
+        out = cpp_impl("chunk_mask")(input_ids, prompt_lens, **kwargs)[0]
+    else:
+        return chunk_mask_counter(input_ids, prompt_lens, **kwargs)[0]
+    return out._replace(chunk_rate=out.chunk_masked.float())  # whole chunks: t = 1 on every selected chunk
 
 
 def aot_specs() -> list[dict]:
