@@ -29,6 +29,8 @@ class HybridConfig(PreTrainedConfig):
     backbone: a transformers config (or its dict) of a Llama / Qwen2 / Qwen3 decoder; default tiny.
     chunk_size: C, tokens per "thought" chunk. mask_token_id: the diffusion mask token.
     mask_probability: per-chunk Bernoulli rate of chunk_sft. diffusion_eps: eps of p = (1-eps)t + eps.
+    bd3_t_min / bd3_t_max: range of the per-chunk masking rate t of the "bd3" mode (t ~ U(t_min, t_max)).
+    steps_per_chunk: denoising forwards per generated chunk (several need a bd3-trained backbone).
     max_recursive_steps: K refinement steps. latent_steps: z updates per refinement step.
     deep_supervision_weight / enable_deep_supervision: weight of the intermediate-step CE.
     freeze_backbone: no gradient into the backbone (chunk_sft default). train_mask_embedding: learn
@@ -43,6 +45,7 @@ class HybridConfig(PreTrainedConfig):
 
     def __init__(self, backbone=None, chunk_size: int = 16, mask_token_id: int = 2,
                  answer_end_token_id: int | None = 4, mask_probability: float = 0.3, diffusion_eps: float = 1e-3,
+                 bd3_t_min: float = 1e-3, bd3_t_max: float = 1.0, steps_per_chunk: int = 4,
                  max_recursive_steps: int = 8, latent_steps: int = 2, deep_supervision_weight: float = 0.3,
                  enable_deep_supervision: bool = True, freeze_backbone: bool = True,
                  train_mask_embedding: bool = False, head_hidden_size: int = 256, head_num_heads: int = 4,
@@ -59,6 +62,10 @@ class HybridConfig(PreTrainedConfig):
                             ("confidence_threshold", confidence_threshold)):
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {value}")
+        if not 0.0 < bd3_t_min <= bd3_t_max <= 1.0:
+            raise ValueError(f"bd3_t_min / bd3_t_max must satisfy 0 < t_min <= t_max <= 1, got {bd3_t_min}, {bd3_t_max}")
+        if not 1 <= steps_per_chunk <= chunk_size:
+            raise ValueError(f"steps_per_chunk must lie in [1, chunk_size={chunk_size}], got {steps_per_chunk}")
         if max_recursive_steps < 1:
             raise ValueError(f"max_recursive_steps must be >= 1, got {max_recursive_steps}")
         if backend not in ("auto", "eager", "cpp", "triton"):
@@ -68,6 +75,9 @@ class HybridConfig(PreTrainedConfig):
         self.answer_end_token_id = answer_end_token_id
         self.mask_probability = mask_probability
         self.diffusion_eps = diffusion_eps
+        self.bd3_t_min = bd3_t_min
+        self.bd3_t_max = bd3_t_max
+        self.steps_per_chunk = steps_per_chunk
         self.max_recursive_steps = max_recursive_steps
         self.latent_steps = latent_steps
         self.deep_supervision_weight = deep_supervision_weight

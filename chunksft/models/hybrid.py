@@ -4,6 +4,8 @@ Modes (DESIGN.md §1):
   * "pretrain" / "sft": LLaDA masked diffusion over a bidirectional pass (`objectives/diffusion.py`).
   * "chunk_sft": chunk masking, ONE backbone pass over `[x_t ; x_0]` under the bd3 layout, the head
     on the masked chunks, deep-supervised loss (`objectives/chunk_sft.py`).
+  * "bd3": block diffusion of the backbone: the same one pass, with tokens masked *inside* every
+    response chunk at a per-chunk rate t, loss weighted 1/t (`objectives/block_diffusion.py`); no head.
   * no mode in eval: a plain forward (bidirectional, or `attention_layout`) that returns logits.
 """
 from __future__ import annotations
@@ -18,14 +20,15 @@ from transformers.utils import ModelOutput
 from chunksft.models.attention import ATTN_IMPLEMENTATION, ChunkLayout
 from chunksft.models.config import HybridConfig
 from chunksft.models.head import RefinementHead
+from chunksft.objectives.block_diffusion import block_diffusion_token_weights
 from chunksft.objectives.chunk_sft import chunk_sft_loss, masked_token_ce
 from chunksft.objectives.diffusion import diffusion_loss
 from chunksft.ops import chunk_mask, diffusion_mask, linear_cross_entropy
 from chunksft.ops.chunk_attention import compact_positions
-from chunksft.ops.chunk_mask import chunk_positions
+from chunksft.ops.chunk_mask import IGNORE_INDEX, ChunkMask, chunk_positions, num_chunks
 from chunksft.ops.linear_cross_entropy import rows_per_block
 
-TRAINING_MODES = ("pretrain", "sft", "chunk_sft")
+TRAINING_MODES = ("pretrain", "sft", "bd3", "chunk_sft")
 
 
 @dataclass
@@ -65,15 +68,19 @@ class LMHeadLoss(nn.Module):
         super().__init__()
         self.backend = backend
 
-    def forward(self, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor):
-        """hidden: post-norm [..., H]; weight: [V, H]; targets: int64 [...] (all counted).
+    def forward(self, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                token_weights: torch.Tensor | None = None, reduction: str = "mean"):
+        """hidden: post-norm [..., H]; weight: [V, H]; targets: int64 [...] (all counted);
+        token_weights: optional float [...] (see `linear_cross_entropy`).
 
-        Returns (mean CE fp32 scalar with grad, argmax int64 [...], per-row mean CE over the last dim
-        fp32 [...-1], detached). The argmax / per-row CE pass runs without grad, one row block of
-        logits at a time.
+        Returns (CE fp32 scalar with grad, `reduction` "mean" or "sum" of the weighted CE; argmax
+        int64 [...]; per-row mean CE over the last dim fp32 [...-1], detached). The argmax / per-row
+        CE pass runs without grad, one row block of logits at a time.
         """
         flat, flat_targets = hidden.flatten(0, -2), targets.flatten()
-        ce = linear_cross_entropy(flat, weight, flat_targets, backend=self.backend)
+        weights = None if token_weights is None else token_weights.flatten()
+        ce = linear_cross_entropy(flat, weight, flat_targets, token_weights=weights, reduction=reduction,
+                                  backend=self.backend)
         with torch.no_grad():
             predictions, token_ce = [], []
             block = rows_per_block(weight.shape[0])
@@ -188,6 +195,8 @@ class HybridModel(PreTrainedModel):
         if mode == "chunk_sft":
             return self._chunk_sft(input_ids, attention_mask, prompt_lens, chunk_masked, attention_layout, refine,
                                    generator, return_logits)
+        if mode == "bd3":
+            return self._bd3(input_ids, attention_mask, prompt_lens, attention_layout, generator, return_logits)
         if mode in ("pretrain", "sft"):
             return self._diffusion(input_ids, attention_mask, src_mask, mode, generator)
         layout = self._layout(attention_layout or "bidirectional", attention_mask, prompt_lens)
@@ -220,24 +229,27 @@ class HybridModel(PreTrainedModel):
         metrics = {"masked_tokens": masked.sum().float(), "p_mask": p_mask.mean()}
         return HybridOutput(logits=logits, loss=loss, metrics=metrics, noisy_input_ids=noisy, labels=labels)
 
-    def _chunk_sft(self, input_ids, attention_mask, prompt_lens, chunk_masked, attention_layout, refine, generator,
-                   return_logits) -> HybridOutput:
+    def _check_chunk_mode(self, mode: str, prompt_lens, attention_layout) -> None:
         if prompt_lens is None:
-            raise ValueError('training_mode="chunk_sft" needs prompt_lens (prompt length per row)')
+            raise ValueError(f'training_mode="{mode}" needs prompt_lens (prompt length per row)')
         if attention_layout not in (None, "bd3"):
-            raise ValueError(f'chunk_sft trains under the "bd3" layout, got attention_layout={attention_layout!r}')
+            raise ValueError(f'{mode} trains under the "bd3" layout, got attention_layout={attention_layout!r}')
+
+    def _one_pass(self, input_ids: torch.Tensor, drawn: ChunkMask, attention_mask, prompt_lens):
+        """The one backbone pass over `[x_t ; x_0]` (bd3 layout) for a chunk draw.
+
+        Returns (x_t-stream states [B, L, H], selected-chunk states [M, C, H], rows [M, C] and token
+        positions [M, C] of the selected chunks, their (row, chunk) index [M, 2], row-major).
+        """
         cfg = self.config
         batch, seq_len = input_ids.shape
-        drawn = chunk_mask(input_ids, prompt_lens, chunk_size=cfg.chunk_size, mask_prob=cfg.mask_probability,
-                           mask_id=cfg.mask_token_id, generator=generator, backend=cfg.backend,
-                           attention_mask=attention_mask, chunk_masked=chunk_masked)
         index = drawn.chunk_masked.nonzero()  # [M, 2] (row, chunk), row-major
         token_pos = chunk_positions(prompt_lens.to(input_ids.device), seq_len, cfg.chunk_size,
                                     drawn.chunk_masked.shape[1])[index[:, 0], index[:, 1]]  # [M, C]
         rows = index[:, :1].expand_as(token_pos)
         if cfg.compact_noisy_stream:
-            noisy_states, chunk_states = self._compact_pass(input_ids, drawn.chunk_masked, attention_mask,
-                                                            prompt_lens, rows, token_pos)
+            noisy_states, chunk_states = self._compact_pass(input_ids, drawn, attention_mask, prompt_lens, rows,
+                                                            token_pos)
         else:
             # [x_t ; x_0] in full: both streams share position ids.
             positions = torch.arange(seq_len, device=input_ids.device).repeat(2)[None].expand(batch, -1)
@@ -245,6 +257,17 @@ class HybridModel(PreTrainedModel):
                                           self._layout("bd3", attention_mask, prompt_lens), position_ids=positions)
             noisy_states = states[:, :seq_len]
             chunk_states = noisy_states[rows, token_pos]  # [M, C, H]
+        return noisy_states, chunk_states, rows, token_pos, index
+
+    def _chunk_sft(self, input_ids, attention_mask, prompt_lens, chunk_masked, attention_layout, refine, generator,
+                   return_logits) -> HybridOutput:
+        self._check_chunk_mode("chunk_sft", prompt_lens, attention_layout)
+        cfg = self.config
+        drawn = chunk_mask(input_ids, prompt_lens, chunk_size=cfg.chunk_size, mask_prob=cfg.mask_probability,
+                           mask_id=cfg.mask_token_id, generator=generator, backend=cfg.backend,
+                           attention_mask=attention_mask, chunk_masked=chunk_masked)
+        noisy_states, chunk_states, rows, token_pos, index = self._one_pass(input_ids, drawn, attention_mask,
+                                                                            prompt_lens)
         targets = input_ids[rows, token_pos]
         trace = self.refine(chunk_states) if refine else None
         step_states = trace.states if refine else [chunk_states]
@@ -267,14 +290,40 @@ class HybridModel(PreTrainedModel):
                             labels=drawn.labels, chunk_masked=drawn.chunk_masked, chunk_index=index,
                             chunk_targets=targets, chunk_predictions=step_pred[-1], chunk_ce=final_chunk_ce)
 
-    def _compact_pass(self, input_ids, chunk_masked, attention_mask, prompt_lens, rows, token_pos):
-        """The bd3 pass with x_t reduced to its masked chunks: `[masked chunks of x_t ; x_0]`.
+    def _bd3(self, input_ids, attention_mask, prompt_lens, attention_layout, generator, return_logits
+             ) -> HybridOutput:
+        """Block diffusion of the backbone: every response chunk is noised at its own rate t."""
+        self._check_chunk_mode("bd3", prompt_lens, attention_layout)
+        cfg = self.config
+        batch, seq_len = input_ids.shape
+        drawn = chunk_mask(input_ids, prompt_lens, chunk_size=cfg.chunk_size, mask_prob=1.0,
+                           mask_id=cfg.mask_token_id, generator=generator, backend=cfg.backend,
+                           attention_mask=attention_mask, token_rate=(cfg.bd3_t_min, cfg.bd3_t_max))
+        noisy_states, chunk_states, rows, token_pos, index = self._one_pass(input_ids, drawn, attention_mask,
+                                                                            prompt_lens)
+        masked = drawn.labels[rows, token_pos] != IGNORE_INDEX                 # [M, C]
+        rate = drawn.chunk_rate[index[:, 0], index[:, 1]][:, None].expand_as(masked)
+        seq_lens = torch.full_like(prompt_lens, seq_len) if attention_mask is None else attention_mask.sum(dim=1)
+        response_tokens = num_chunks(prompt_lens.long(), seq_lens.long(), cfg.chunk_size) * cfg.chunk_size
+        weights = block_diffusion_token_weights(rows[masked], rate[masked], response_tokens, batch)
+        targets = input_ids[rows, token_pos][masked]
+        loss, pred, _ = self.lm_loss(self.final_norm(chunk_states[masked]), self.lm_head.weight, targets,
+                                     token_weights=weights, reduction="sum")
+        metrics = {"masked_tokens": masked.sum().float(), "token_acc": (pred == targets).float().mean(),
+                   "mean_rate": drawn.chunk_rate[drawn.chunk_masked].mean()}
+        logits = self.decode(noisy_states) if return_logits else None
+        return HybridOutput(logits=logits, loss=loss, metrics=metrics, noisy_input_ids=drawn.input_ids,
+                            labels=drawn.labels, chunk_masked=drawn.chunk_masked, chunk_index=index)
 
-        Every x_t position outside a masked chunk holds its clean token and sees the same keys as
-        its x_0 twin, so its output equals the clean stream's: only masked chunks need computing.
-        Returns (x_t-stream states [B, L, H], masked-chunk states [M, C, H] in `chunk_masked.nonzero()` order).
+    def _compact_pass(self, input_ids, drawn: ChunkMask, attention_mask, prompt_lens, rows, token_pos):
+        """The bd3 pass with x_t reduced to its selected chunks: `[selected chunks of x_t ; x_0]`.
+
+        Every x_t position outside a selected chunk holds its clean token and sees the same keys as
+        its x_0 twin, so its output equals the clean stream's: only selected chunks need computing.
+        Returns (x_t-stream states [B, L, H], selected-chunk states [M, C, H] in `chunk_masked.nonzero()` order).
         """
         cfg = self.config
+        chunk_masked = drawn.chunk_masked
         n_chunks = chunk_masked.shape[1]
         ids = torch.arange(n_chunks, device=chunk_masked.device).expand_as(chunk_masked)
         ascending = torch.sort(torch.where(chunk_masked, ids, n_chunks), dim=1).values
@@ -282,7 +331,7 @@ class HybridModel(PreTrainedModel):
         chunk_index = torch.where(chunk_index < n_chunks, chunk_index, -1)  # [B, NM], -1 padded
         slot_pos, real = compact_positions(chunk_index, prompt_lens, cfg.chunk_size, input_ids.shape[1])
         pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else cfg.mask_token_id
-        slot_ids = torch.where(real, cfg.mask_token_id, pad_id)
+        slot_ids = torch.where(real, torch.gather(drawn.input_ids, 1, slot_pos), pad_id)
         positions = torch.cat([slot_pos, torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)],
                               dim=1)
         layout = self._layout("compact", attention_mask, prompt_lens)

@@ -47,13 +47,15 @@ def masked_token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def per_chunk_loop(model, input_ids: torch.Tensor, prompt_lens: torch.Tensor, chunk_masked: torch.Tensor,
-                   refine: bool = True) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+                   refine: bool = True, noisy_ids: torch.Tensor | None = None
+                   ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
     """The naive baseline of the one-pass bd3 forward (tests and benchmarks only, never training).
 
     For each masked chunk i of row b (in `chunk_masked.nonzero()` order) a separate backbone forward
-    over `prompt + clean chunks < i + masked chunk i` under the single-stream block_causal layout,
+    over `prompt + clean chunks < i + noisy chunk i` under the single-stream block_causal layout,
     then (with `refine`) the head for the model's fixed number of steps.
-    input_ids: int64 [B, L] clean; prompt_lens: int [B]; chunk_masked: bool [B, N].
+    input_ids: int64 [B, L] clean; prompt_lens: int [B]; chunk_masked: bool [B, N]; noisy_ids:
+    int64 [B, L] the x_t tokens of the chunks (bd3: partly masked), None = every chunk token masked.
     Returns (step_logits: K x [M, C, V], halt_logits: K x [M], targets: int64 [M, C]);
     `loop_loss` turns them into the objective.
     """
@@ -65,7 +67,7 @@ def per_chunk_loop(model, input_ids: torch.Tensor, prompt_lens: torch.Tensor, ch
         end = int(prompt_lens[row]) + (chunk + 1) * size
         ids = input_ids[row:row + 1, :end].clone()
         targets.append(ids[0, -size:].clone())
-        ids[0, -size:] = mask_id
+        ids[0, -size:] = mask_id if noisy_ids is None else noisy_ids[row, end - size:end]
         layout = ChunkLayout("block_causal", prompt_lens=prompt_lens[row:row + 1].long(), chunk_size=size,
                              backend=model.config.backend)
         states.append(model.backbone_states(ids, layout)[0, -size:])
