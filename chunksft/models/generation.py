@@ -1,11 +1,16 @@
-"""Chunk-by-chunk diffusion decoding under the block_causal layout (what chunk_sft teaches).
+"""Chunk-by-chunk diffusion decoding under the block_causal layout.
 
-Prompts are left-padded so every row's chunks line up; each new chunk starts as C mask tokens and is
-unmasked over `steps_per_chunk` forwards by LLaDA low-confidence remasking (each step commits the
-most confident still-masked positions). The committed prefix is kept in a transformers KV cache:
-a chunk's queries see the whole prefix and the chunk itself, exactly the block_causal rule for the
-last block, so the denoising forwards are cached bidirectional passes over the new chunk only.
-With refinement, the head refines each step's chunk states (halting per chunk by confidence).
+Decoding shows the model only states it was trained on (DESIGN.md §1):
+- without refinement, a new chunk starts as C mask tokens and is unmasked over `steps_per_chunk`
+  forwards by LLaDA low-confidence remasking (each step commits the most confident still-masked
+  positions). A partly unmasked chunk is what "bd3" training shows the backbone; a backbone trained
+  only on whole masked chunks should be decoded with one step per chunk;
+- with refinement, the head runs where chunk_sft trained it: on the backbone states of the fully
+  masked chunk, for up to K steps (halting per chunk by confidence); its refined chunk is committed.
+Prompts are left-padded so every row's chunks line up. The committed prefix is kept in a
+transformers KV cache: a chunk's queries see the whole prefix and the chunk itself, exactly the
+block_causal rule for the last block (and the bd3 rule for a noisy chunk), so the denoising forwards
+are cached bidirectional passes over the new chunk only.
 """
 from __future__ import annotations
 
@@ -42,19 +47,38 @@ def _all_ranks_done(done: bool, synced_ranks: bool, device) -> bool:
     return flag.item() == 0
 
 
-def generate_chunks(model, prompt_ids, *, max_length: int, enable_refinement: bool, steps_per_chunk: int = 4,
-                    confidence_threshold: float | None = None, synced_ranks: bool = False) -> GenerationOutput:
+def unmask_step(chunk: torch.Tensor, logits: torch.Tensor, mask_id: int, steps_left: int) -> torch.Tensor:
+    """One low-confidence remasking step: commit the ceil(masked / steps_left) most confident
+    still-masked positions of each row to their argmax.
+
+    chunk: int64 [B, C] (mask_id = still masked); logits: [B, C, V]. Returns the new chunk [B, C].
+    """
+    logits = logits.float().clone()
+    logits[..., mask_id] = float("-inf")
+    probs, pred = torch.softmax(logits, dim=-1).max(dim=-1)
+    still_masked = chunk == mask_id
+    take = math.ceil(int(still_masked.sum(dim=1).max()) / steps_left)
+    score = torch.where(still_masked, probs, torch.full_like(probs, -1.0))
+    chosen = torch.zeros_like(still_masked)
+    chosen.scatter_(1, score.topk(take, dim=1).indices, True)
+    return torch.where(chosen & still_masked, pred, chunk)
+
+
+def generate_chunks(model, prompt_ids, *, max_length: int, enable_refinement: bool,
+                    steps_per_chunk: int | None = None, confidence_threshold: float | None = None,
+                    synced_ranks: bool = False) -> GenerationOutput:
     """Decode up to `max_length` total tokens (longest prompt + whole chunks) for each prompt.
 
-    prompt_ids: list of token-id lists (any lengths) or int64 [B, P]. Stops a row at `</answer>`
-    (config.answer_end_token_id) or EOS; the batch stops when every row has stopped.
+    prompt_ids: list of token-id lists (any lengths) or int64 [B, P]. steps_per_chunk: denoising
+    forwards per chunk without refinement (default config.steps_per_chunk). Stops a row at
+    `</answer>` (config.answer_end_token_id) or EOS; the batch stops when every row has stopped.
     """
     cfg = model.config
     size, mask_id = cfg.chunk_size, cfg.mask_token_id
     stop_ids = {t for t in (cfg.answer_end_token_id, cfg.eos_token_id) if t is not None}
     pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
     threshold = cfg.confidence_threshold if confidence_threshold is None else confidence_threshold
-    steps_per_chunk = max(1, min(steps_per_chunk, size))
+    steps_per_chunk = max(1, min(steps_per_chunk or cfg.steps_per_chunk, size))
     device = next(model.parameters()).device
 
     prompts = _as_lists(prompt_ids)
@@ -83,33 +107,23 @@ def generate_chunks(model, prompt_ids, *, max_length: int, enable_refinement: bo
         layout = ChunkLayout("bidirectional", key_padding=key_valid, backend=cfg.backend)
         chunk_steps = torch.zeros(len(prompts), device=device)
         confidence = torch.zeros(len(prompts), device=device)
-        for step in range(steps_per_chunk):
+        for step in range(1 if enable_refinement else steps_per_chunk):
             states = model.backbone_states(chunk, layout, position_ids=chunk_pos, past_key_values=cache,
                                            use_cache=True)
             cache.crop(-size)  # denoising forwards never enter the committed prefix
-            if enable_refinement:
+            if enable_refinement:  # the fully masked chunk's states, as in chunk_sft: commit the refined chunk
                 trace = model.head(states, cfg.max_recursive_steps, threshold, early_exit=not synced_ranks)
                 logits = model.decode(trace.states[-1])
-                chunk_steps += trace.steps.float()
-                confidence = torch.sigmoid(trace.confidence[-1])
+                chunk_steps, confidence = trace.steps.float(), torch.sigmoid(trace.confidence[-1])
+                chunk = unmask_step(chunk, logits, mask_id, steps_left=1)
             else:
-                logits = model.decode(states)
-            logits[..., mask_id] = float("-inf")
-            probs, pred = torch.softmax(logits.float(), dim=-1).max(dim=-1)
-            still_masked = chunk == mask_id
-            remaining = int(still_masked.sum(dim=1).max())
-            take = math.ceil(remaining / (steps_per_chunk - step))
-            score = torch.where(still_masked, probs, torch.full_like(probs, -1.0))
-            chosen = torch.zeros_like(still_masked)
-            chosen.scatter_(1, score.topk(take, dim=1).indices, True)
-            chosen &= still_masked
-            chunk = torch.where(chosen, pred, chunk)
+                chunk = unmask_step(chunk, model.decode(states), mask_id, steps_left=steps_per_chunk - step)
         # Commit: append the finished chunk's keys/values to the cached prefix.
         model.backbone_states(chunk, layout, position_ids=chunk_pos, past_key_values=cache, use_cache=True)
         for row in range(len(prompts)):
             if done[row]:
                 continue
-            steps_log[row].append(float(chunk_steps[row]) / steps_per_chunk)
+            steps_log[row].append(float(chunk_steps[row]))
             conf_log[row].append(float(confidence[row]))
             for token in chunk[row].tolist():
                 responses[row].append(token)

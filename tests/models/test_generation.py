@@ -56,3 +56,61 @@ def test_adaptive_steps_follow_confidence(model, bias, expected_steps):
             model.head.halt.bias.copy_(saved)
     assert out.chunk_steps[0] and all(s == expected_steps for s in out.chunk_steps[0])
     assert all((c > 0.9) == (bias > 0) for c in out.chunk_confidences[0])
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A model trained a few bd3 steps on bundled rows (not random), with a non-identity head."""
+    from chunksft.data import ChunkCollator, build_dataset, load_tokenizer
+
+    torch.manual_seed(0)
+    tok = load_tokenizer()
+    m = HybridModel(HybridConfig(max_recursive_steps=3, freeze_backbone=False))
+    data, _ = build_dataset("bundled", tokenizer=tok, chunk_size=C, max_length=128, max_rows=256)
+    collate = ChunkCollator(tok.pad_token_id, C)
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    for step in range(32):  # enough to write step-like lines instead of stopping at once
+        b = collate([data[i] for i in range(8 * step, 8 * step + 8)])
+        m(b["input_ids"], attention_mask=b["attention_mask"], prompt_lens=b["prompt_lens"],
+          training_mode="bd3").loss.backward()
+        opt.step()
+        opt.zero_grad()
+    torch.nn.init.normal_(m.head.delta.weight, std=0.05)
+    prompts = [data[i]["input_ids"][:data[i]["prompt_len"]] for i in range(3)]  # different lengths
+    return m.eval(), prompts
+
+
+def teacher_forced_chunk(model, prefix: list[int], prompt_len: int, steps: int, refine: bool) -> list[int]:
+    """Decode one chunk after `prefix` with uncached block_causal forwards over the whole sequence,
+    as the training layout computes them (one row, no padding)."""
+    from chunksft.models.attention import ChunkLayout
+    from chunksft.models.generation import unmask_step
+
+    cfg = model.config
+    chunk = torch.full((1, C), cfg.mask_token_id)
+    layout = ChunkLayout("block_causal", prompt_lens=torch.tensor([prompt_len]), chunk_size=C)
+    for step in range(steps):
+        with torch.no_grad():
+            states = model.backbone_states(torch.cat([torch.tensor([prefix]), chunk], dim=1), layout)[:, -C:]
+            if refine:
+                states = model.head(states, cfg.max_recursive_steps, cfg.confidence_threshold).states[-1]
+            chunk = unmask_step(chunk, model.decode(states), cfg.mask_token_id, steps_left=steps - step)
+    return chunk[0].tolist()
+
+
+@pytest.mark.parametrize("steps,refine", [(1, False), (4, False), (16, False), (1, True)],
+                         ids=["1-step", "4-steps", "16-steps", "refined"])
+def test_decoded_chunks_equal_teacher_forced_predictions(trained, steps, refine):
+    """Every generated chunk equals the one decoded by the training layout for the same prefix
+    (KV cache, left padding and batching change nothing), for one and several steps per chunk."""
+    model, prompts = trained
+    out = model.generate_with_refinement(prompts, max_length=max(map(len, prompts)) + 3 * C,
+                                         enable_refinement=refine, steps_per_chunk=steps)
+    checked = 0
+    for prompt, response in zip(prompts, out.responses):
+        for k in range(-(-len(response) // C)):  # the last chunk is cut after its stop token
+            piece = response[k * C:(k + 1) * C]
+            expected = teacher_forced_chunk(model, prompt + response[:k * C], len(prompt), steps, refine)
+            assert expected[:len(piece)] == piece
+            checked += len(piece)
+    assert checked >= 3 * 4
