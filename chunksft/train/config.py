@@ -77,13 +77,18 @@ class DataConfig:
     # Prompts per generate call (generation cost is per forward, nearly flat in the batch size).
     generate_batch_size: int = field(default=64, metadata=_RUN_ONLY)
     max_new_tokens: int = field(default=128, metadata=_RUN_ONLY)
+    # Denoising forwards per generated chunk (stored in the model config as its decoding default).
+    steps_per_chunk: int = field(default=4, metadata=_RUN_ONLY)
 
 
 @dataclass
 class ObjectiveConfig:
-    training_mode: Literal["pretrain", "sft", "chunk_sft"] = "chunk_sft"
+    training_mode: Literal["pretrain", "sft", "bd3", "chunk_sft"] = "chunk_sft"
     chunk_size: int = 16
     mask_probability: float = 0.3
+    # bd3: per-chunk masking rate t ~ U(bd3_t_min, bd3_t_max).
+    bd3_t_min: float = 1e-3
+    bd3_t_max: float = 1.0
     deep_supervision_weight: float = 0.3
     enable_deep_supervision: bool = True
 
@@ -381,11 +386,14 @@ def validate(cfg: TrainConfig) -> None:
     o, t, d, c, m = cfg.objective, cfg.training, cfg.data, cfg.checkpoint, cfg.model
     need(o.chunk_size > 0, "objective.chunk_size", "must be a positive number of tokens, e.g. 16")
     need(0.0 <= o.mask_probability <= 1.0, "objective.mask_probability", "must be a probability in [0, 1], e.g. 0.3")
+    need(0.0 < o.bd3_t_min <= 1.0, "objective.bd3_t_min", "must lie in (0, 1], e.g. 0.001")
+    need(o.bd3_t_min <= o.bd3_t_max <= 1.0, "objective.bd3_t_max", "must lie in [bd3_t_min, 1], e.g. 1.0")
     need(o.deep_supervision_weight >= 0.0, "objective.deep_supervision_weight", "must be >= 0, e.g. 0.3")
     need(m.max_recursive_steps >= 1, "model.max_recursive_steps", "must be >= 1, e.g. 8")
     need(d.max_length >= 2 * o.chunk_size, "data.max_length", f"must hold a prompt and a chunk: >= {2 * o.chunk_size}")
     need(d.eval_loss_rows >= 0, "data.eval_loss_rows", "must be >= 0 (0 disables the eval loss)")
     need(d.eval_generate_rows >= 0, "data.eval_generate_rows", "must be >= 0 (0 disables the accuracy eval)")
+    need(1 <= d.steps_per_chunk <= o.chunk_size, "data.steps_per_chunk", f"must lie in [1, chunk_size={o.chunk_size}]")
     need(d.max_new_tokens > 0, "data.max_new_tokens", "must be positive, e.g. 128")
     need(d.generate_batch_size > 0, "data.generate_batch_size", "must be positive, e.g. 64")
     need(t.batch_size > 0, "training.batch_size", "must be a positive micro batch per rank, e.g. 8")

@@ -90,6 +90,8 @@ def check_attention(cfg: TrainConfig) -> None:
 def hybrid_kwargs(cfg: TrainConfig, tokenizer) -> dict[str, Any]:
     """HybridConfig fields that the train config decides (chunking, objective, head, backend)."""
     return dict(chunk_size=cfg.objective.chunk_size, mask_probability=cfg.objective.mask_probability,
+                bd3_t_min=cfg.objective.bd3_t_min, bd3_t_max=cfg.objective.bd3_t_max,
+                steps_per_chunk=min(cfg.data.steps_per_chunk, cfg.objective.chunk_size),
                 deep_supervision_weight=cfg.objective.deep_supervision_weight,
                 enable_deep_supervision=cfg.objective.enable_deep_supervision,
                 max_recursive_steps=cfg.model.max_recursive_steps, freeze_backbone=cfg.freeze_backbone,
