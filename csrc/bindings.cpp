@@ -18,9 +18,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_attention_backward(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_blocked(
     const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets, const at::Tensor& rows,
     const std::optional<at::Tensor>& coef, int64_t block);
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_mask_counter(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_mask_counter(
     const at::Tensor& input_ids, const at::Tensor& prompt_lens, const at::Tensor& seq_lens, int64_t key,
-    int64_t threshold, int64_t mask_id, int64_t chunk_size);
+    int64_t threshold, int64_t lo, int64_t hi, int64_t mask_id, int64_t chunk_size);
 }  // namespace chunksft
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -32,6 +32,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear_cross_entropy_blocked", &chunksft::linear_cross_entropy_blocked,
         "(hidden, weight, targets, rows, coef or None, block) -> (ce, grad_hidden, grad_weight)");
   m.def("chunk_mask_counter", &chunksft::chunk_mask_counter,
-        "(input_ids, prompt_lens, seq_lens, key, threshold, mask_id, C) -> (ids, labels, chunk_masked, chunk_index, "
-        "positions)");
+        "(input_ids, prompt_lens, seq_lens, key, threshold, lo, hi, mask_id, C) -> (ids, labels, chunk_masked, "
+        "chunk_index, positions, chunk_rate)");
 }

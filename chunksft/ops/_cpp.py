@@ -251,22 +251,24 @@ def linear_cross_entropy_cpp(hidden: torch.Tensor, weight: torch.Tensor, targets
 # ----------------------------------------------------------------------------------------------
 
 def chunk_mask_counter_cpp(input_ids: torch.Tensor, prompt_lens: torch.Tensor, *, seed: int, chunk_size: int = 16,
-                           mask_prob: float = 0.3, mask_id: int, attention_mask: torch.Tensor | None = None):
+                           mask_prob: float = 0.3, mask_id: int, attention_mask: torch.Tensor | None = None,
+                           token_rate: tuple[float, float] = (1.0, 1.0)):
     """`chunk_mask_counter` (same draws, bit for bit) on the C++ kernel -> (ChunkMask, CompactLayout)."""
-    from chunksft.ops.chunk_mask import (ChunkMask, CompactLayout, _check_probability, _seq_lens, chunk_mask_counter,
-                                         mask_threshold, seed_key)
+    from chunksft.ops.chunk_mask import (ChunkMask, CompactLayout, _check_probability, _check_token_rate, _seq_lens,
+                                         chunk_mask_counter, mask_threshold, seed_key)
 
     if load() is None:
         return chunk_mask_counter(input_ids, prompt_lens, seed=seed, chunk_size=chunk_size, mask_prob=mask_prob,
-                                     mask_id=mask_id, attention_mask=attention_mask)
+                                  mask_id=mask_id, attention_mask=attention_mask, token_rate=token_rate)
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}; e.g. --chunk_size 16")
     _check_probability("mask_probability", mask_prob)
+    t_min, t_max = _check_token_rate(token_rate)
     seq_lens = _seq_lens(input_ids, attention_mask)
-    ids, labels, flags, chunk_index, positions = load().chunk_mask_counter(
+    ids, labels, flags, chunk_index, positions, rate = load().chunk_mask_counter(
         input_ids.long(), prompt_lens.long(), seq_lens.long(), seed_key(seed), mask_threshold(mask_prob),
-        int(mask_id), chunk_size)
-    return ChunkMask(ids.to(input_ids.dtype), labels, flags), CompactLayout(chunk_index, positions)
+        mask_threshold(t_min), mask_threshold(t_max), int(mask_id), chunk_size)
+    return ChunkMask(ids.to(input_ids.dtype), labels, flags, rate), CompactLayout(chunk_index, positions)
 
 
 register_cpp("chunk_attention", chunk_attention_cpp)

@@ -281,12 +281,14 @@ def _mix32_tl(x):
 
 
 @lazy_jit
-def _chunk_mask_kernel(IDS, OUT_IDS, LABELS, CHUNK_MASKED, CHUNK_INDEX, POSITIONS, COUNTS, PL, SL,
-                       key, threshold, mask_id, L, N, C,
+def _chunk_mask_kernel(IDS, OUT_IDS, LABELS, CHUNK_MASKED, CHUNK_RATE, CHUNK_INDEX, POSITIONS, COUNTS, PL, SL,
+                       key, threshold, lo, hi, mask_id, L, N, C,
                        BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
-    """One row per program: draw its chunks, write chunk flags, compact index / positions, then
-    masked ids and labels (per token the flag is recomputed from the hash, so no program reads back
-    what another thread of it wrote). CHUNK_INDEX / POSITIONS come pre-filled with -1 / 0."""
+    """One row per program: draw its chunks, write chunk flags, chunk rates, compact index /
+    positions, then masked ids and labels (per token every flag is recomputed from the hashes, so no
+    program reads back what another thread of it wrote). CHUNK_INDEX / POSITIONS come pre-filled
+    with -1 / 0. lo / hi: mask_threshold(t_min) / mask_threshold(t_max) of the within-chunk rate
+    (lo = hi = 2**24: whole chunks); the token draw is `draw_token_mask_counter`'s."""
     row = tl.program_id(0)
     P = tl.load(PL + row)
     n = tl.maximum((tl.load(SL + row) - P) // C, 0)
@@ -303,7 +305,13 @@ def _chunk_mask_kernel(IDS, OUT_IDS, LABELS, CHUNK_MASKED, CHUNK_INDEX, POSITION
     count = tl.sum(masked.to(tl.int32), axis=0)
     fallback_row = tl.max(use_fallback.to(tl.int32), axis=0)
     row64 = row.to(tl.int64)
+    # Chunk threshold T_j = lo + (rate_draw * (hi - lo) >> 24) in int64 (the product needs 48 bits);
+    # T_j <= 2**24, so it is exact in fp32 and t_j = T_j / 2**24 is too.
+    rate_draw = (_mix32_tl(row_key ^ _mix32_tl(j.to(tl.uint32) ^ 0x1B873593)) >> 8).to(tl.int64)
+    chunk_thr = lo + ((rate_draw * (hi - lo)) >> 24)
+    rate = tl.where(masked, chunk_thr.to(tl.float32) * (1.0 / 16777216.0), 0.0)
     tl.store(CHUNK_MASKED + row64 * N + j, masked.to(tl.int8), mask=j < N)
+    tl.store(CHUNK_RATE + row64 * N + j, rate, mask=j < N)
     tl.store(COUNTS + row, count)
     rank = tl.cumsum(masked.to(tl.int32), axis=0) - 1
     tl.store(CHUNK_INDEX + row64 * N + rank, j.to(tl.int64), mask=masked)
@@ -311,11 +319,30 @@ def _chunk_mask_kernel(IDS, OUT_IDS, LABELS, CHUNK_MASKED, CHUNK_INDEX, POSITION
         tl.store(POSITIONS + row64 * N * C + rank * C + o, (P + j * C + o).to(tl.int64), mask=masked)
     for start in range(0, L, BLOCK_L):
         pos = start + tl.arange(0, BLOCK_L)
-        rel = pos - P
-        chunk = tl.where(rel >= 0, rel, 0) // C
-        tok_draw = _mix32_tl(row_key ^ _mix32_tl(chunk.to(tl.uint32) ^ 0x5BD1E995)) >> 8
-        hit = (tok_draw < threshold) | ((chunk == fallback) & ((pos * 0 + fallback_row) > 0))
-        tok_masked = (rel >= 0) & (chunk < n) & hit
+        rel = tl.maximum(pos - P, 0)
+        chunk = rel // C
+        offset = rel - chunk * C
+        ctr = chunk.to(tl.uint32)
+        # Chunk selection (the chunk draw above, recomputed per token).
+        sel_draw = _mix32_tl(row_key ^ _mix32_tl(ctr ^ 0x5BD1E995)) >> 8
+        selected = (sel_draw < threshold) | ((chunk == fallback) & ((pos * 0 + fallback_row) > 0))
+        # Token draw inside the chunk: token counter rel = chunk * C + offset.
+        t_draw = (_mix32_tl(row_key ^ _mix32_tl(rel.to(tl.uint32) ^ 0x27D4EB2F)) >> 8).to(tl.int32)
+        t_rate = (_mix32_tl(row_key ^ _mix32_tl(ctr ^ 0x1B873593)) >> 8).to(tl.int64)
+        thr = (lo + ((t_rate * (hi - lo)) >> 24)).to(tl.int32)
+        # At least one token per chunk: a chunk none of whose C draws is below T_j masks its fallback
+        # offset. The smallest draw of the chunk decides; the token's own draw is one of them, which
+        # already decides whole chunks (lo = 2**24: every draw < T_j = 2**24), so they skip the loop.
+        # (The minimum is carried as int32: a loop-carried bool vector goes through the stack on sm_90.)
+        min_draw = t_draw
+        if lo < 16777216:
+            first = chunk * C
+            for o2 in range(0, C):
+                d = (_mix32_tl(row_key ^ _mix32_tl((first + o2).to(tl.uint32) ^ 0x27D4EB2F)) >> 8).to(tl.int32)
+                min_draw = tl.minimum(min_draw, d)
+        fb_offset = (_mix32_tl(row_key ^ _mix32_tl(ctr ^ 0x165667B1)) % (pos * 0 + C).to(tl.uint32)).to(tl.int32)
+        hit = (t_draw < thr) | ((min_draw >= thr) & (offset == fb_offset))
+        tok_masked = (pos >= P) & (chunk < n) & selected & hit
         ids = tl.load(IDS + row64 * L + pos, mask=pos < L, other=0)
         tl.store(OUT_IDS + row64 * L + pos, tl.where(tok_masked, mask_id, ids), mask=pos < L)
         tl.store(LABELS + row64 * L + pos, tl.where(tok_masked, ids, -100), mask=pos < L)
@@ -327,12 +354,13 @@ _MAX_CHUNKS = 1024
 
 
 def chunk_mask_counter_triton(input_ids: torch.Tensor, prompt_lens: torch.Tensor, *, seed: int, chunk_size: int = 16,
-                              mask_prob: float = 0.3, mask_id: int, attention_mask: torch.Tensor | None = None
-                              ) -> tuple[ChunkMask, CompactLayout]:
+                              mask_prob: float = 0.3, mask_id: int, attention_mask: torch.Tensor | None = None,
+                              token_rate: tuple[float, float] = (1.0, 1.0)) -> tuple[ChunkMask, CompactLayout]:
     """`chunk_mask_counter` in one Triton kernel (CUDA, or CPU under TRITON_INTERPRET=1)."""
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}; e.g. --chunk_size 16")
     _check_probability("mask_probability", mask_prob)
+    t_min, t_max = _check_token_rate(token_rate)
     batch, seq_len = input_ids.shape
     device = input_ids.device
     ids = input_ids.to(torch.int64).contiguous()
@@ -346,17 +374,19 @@ def chunk_mask_counter_triton(input_ids: torch.Tensor, prompt_lens: torch.Tensor
     out_ids = torch.empty_like(ids)
     labels = torch.empty_like(ids)
     flags = torch.zeros(batch, max_chunks, dtype=torch.int8, device=device)
+    rates = torch.zeros(batch, max_chunks, dtype=torch.float32, device=device)
     chunk_index = torch.full((batch, max(max_chunks, 1)), -1, dtype=torch.int64, device=device)
     positions = torch.zeros(batch, max(max_chunks, 1) * chunk_size, dtype=torch.int64, device=device)
     counts = torch.zeros(batch, dtype=torch.int32, device=device)
     if batch:
         kernel(_chunk_mask_kernel)[(batch,)](
-            ids, out_ids, labels, flags, chunk_index, positions, counts, prompt_lens, seq_lens,
-            seed_key(seed), mask_threshold(mask_prob), mask_id, seq_len, max_chunks, chunk_size,
+            ids, out_ids, labels, flags, rates, chunk_index, positions, counts, prompt_lens, seq_lens,
+            seed_key(seed), mask_threshold(mask_prob), mask_threshold(t_min), mask_threshold(t_max), mask_id,
+            seq_len, max_chunks, chunk_size,
             BLOCK_N=max(16, next_power_of_2(max_chunks)), BLOCK_L=_MASK_BLOCK_L, num_warps=4, num_stages=1)
     width = int(counts.max().item()) if batch else 0
     layout = CompactLayout(chunk_index[:, :width].contiguous(), positions[:, :width * chunk_size].contiguous())
-    return ChunkMask(out_ids.to(input_ids.dtype), labels, flags.bool()), layout
+    return ChunkMask(out_ids.to(input_ids.dtype), labels, flags.bool(), rates), layout
 
 
 def chunk_mask(input_ids: torch.Tensor, prompt_lens: torch.Tensor, *, chunk_size: int = 16, mask_prob: float = 0.3,
@@ -380,25 +410,21 @@ def chunk_mask(input_ids: torch.Tensor, prompt_lens: torch.Tensor, *, chunk_size
     if seed is None:
         seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator).item())
     kwargs = dict(seed=seed, chunk_size=chunk_size, mask_prob=mask_prob, mask_id=mask_id,
-                  attention_mask=attention_mask)
-    if tuple(map(float, token_rate)) != (1.0, 1.0):
-        # Within-chunk masking: the counter reference until the fused kernels draw tokens too.
-        return chunk_mask_counter(input_ids, prompt_lens, token_rate=token_rate, **kwargs)[0]
+                  attention_mask=attention_mask, token_rate=token_rate)
     if resolved == "triton":
-        out = chunk_mask_counter_triton(input_ids, prompt_lens, **kwargs)[0]
-    elif resolved == "cpp":
-        out = cpp_impl("chunk_mask")(input_ids, prompt_lens, **kwargs)[0]
-    else:
-        return chunk_mask_counter(input_ids, prompt_lens, **kwargs)[0]
-    return out._replace(chunk_rate=out.chunk_masked.float())  # whole chunks: t = 1 on every selected chunk
+        return chunk_mask_counter_triton(input_ids, prompt_lens, **kwargs)[0]
+    if resolved == "cpp":
+        return cpp_impl("chunk_mask")(input_ids, prompt_lens, **kwargs)[0]
+    return chunk_mask_counter(input_ids, prompt_lens, **kwargs)[0]
 
 
 def aot_specs() -> list[dict]:
     """The masking kernel configs the dispatcher can launch (BLOCK_N grows with the chunk count)."""
     fn = kernel(_chunk_mask_kernel)
-    signature = {"IDS": "*i64", "OUT_IDS": "*i64", "LABELS": "*i64", "CHUNK_MASKED": "*i8", "CHUNK_INDEX": "*i64",
-                 "POSITIONS": "*i64", "COUNTS": "*i32", "PL": "*i32", "SL": "*i32", "key": "i64", "threshold": "i32",
-                 "mask_id": "i32", "L": "i32", "N": "i32", "C": "i32"}
+    signature = {"IDS": "*i64", "OUT_IDS": "*i64", "LABELS": "*i64", "CHUNK_MASKED": "*i8", "CHUNK_RATE": "*fp32",
+                 "CHUNK_INDEX": "*i64", "POSITIONS": "*i64", "COUNTS": "*i32", "PL": "*i32", "SL": "*i32",
+                 "key": "i64", "threshold": "i32", "lo": "i32", "hi": "i32", "mask_id": "i32", "L": "i32",
+                 "N": "i32", "C": "i32"}
     return [dict(name=f"chunk_mask.kernel[N{block_n}]", fn=fn, signature=signature,
                  constexprs=dict(BLOCK_N=block_n, BLOCK_L=_MASK_BLOCK_L), num_warps=4, num_stages=1)
             for block_n in (16, 32, 64, 128, 256, 512, _MAX_CHUNKS)]

@@ -13,21 +13,31 @@ pytest.importorskip("triton")
 MASK = 2
 
 
-def batch():
+TOKEN_RATES = [(1.0, 1.0), (0.001, 1.0), (0.3, 0.7), (1e-3, 1e-3)]
+
+
+def batch(prompts=(5, 19, 33, 1, 70)):
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(5, 1000, (5, 77), generator=g)
-    prompts = torch.tensor([5, 19, 33, 1, 70])  # the last row has no whole chunk
+    prompts = torch.tensor(prompts)  # by default the last row has no whole chunk
     lens = torch.tensor([77, 60, 77, 50, 77])
     attn = (torch.arange(77)[None] < lens[:, None]).long()
     return ids, prompts, attn
 
 
-@pytest.mark.parametrize("seed,prob", [(0, 0.3), (2 ** 40 + 3, 0.3), (7, 0.0), (7, 1.0)])
-def test_kernel_matches_counter_reference(seed, prob):
-    ids, prompts, attn = batch()
-    kwargs = dict(seed=seed, chunk_size=4, mask_prob=prob, mask_id=MASK, attention_mask=attn)
+@pytest.mark.parametrize("token_rate", TOKEN_RATES)
+@pytest.mark.parametrize("seed,prob,chunk_size,prompts", [
+    (0, 0.3, 4, None), (2 ** 40 + 3, 0.3, 4, None), (7, 0.0, 4, None), (7, 1.0, 4, None),
+    (11, 1.0, 5, None), (12, 0.5, 16, None),
+    (3, 0.5, 4, (76, 60, 80, 50, 74)),  # no row has a whole chunk
+])
+def test_kernel_matches_counter_reference(seed, prob, chunk_size, prompts, token_rate):
+    ids, prompts, attn = batch() if prompts is None else batch(prompts)
+    kwargs = dict(seed=seed, chunk_size=chunk_size, mask_prob=prob, mask_id=MASK, attention_mask=attn,
+                  token_rate=token_rate)
     ref, ref_layout = chunk_mask_counter(ids, prompts, **kwargs)
     out, layout = chunk_mask_counter_triton(ids, prompts, **kwargs)
+    assert out.chunk_rate is not None
     for a, b in zip(list(out) + list(layout), list(ref) + list(ref_layout)):
         assert a.dtype == b.dtype and torch.equal(a, b)
 
@@ -66,9 +76,10 @@ def test_masked_fraction_matches_probability():
     assert abs(total - expected) < 3 * math.sqrt(n * p * (1 - p))
 
 
-def test_dispatch_seed_and_generator(monkeypatch):
+@pytest.mark.parametrize("token_rate", [(1.0, 1.0), (0.3, 0.7)])
+def test_dispatch_seed_and_generator(monkeypatch, token_rate):
     ids, prompts, attn = batch()
-    kwargs = dict(chunk_size=4, mask_prob=0.3, mask_id=MASK, attention_mask=attn)
+    kwargs = dict(chunk_size=4, mask_prob=0.3, mask_id=MASK, attention_mask=attn, token_rate=token_rate)
     ref = chunk_mask_counter(ids, prompts, seed=3, **kwargs)[0]
     for backend in ("eager", "triton"):
         out = chunk_mask(ids, prompts, seed=3, backend=backend, **kwargs)
@@ -82,3 +93,11 @@ def test_dispatch_seed_and_generator(monkeypatch):
     from chunksft.ops.chunk_mask import chunk_mask_eager
     forced = chunk_mask(ids, prompts, backend="triton", generator=g1, **kwargs)
     assert all(torch.equal(x, y) for x, y in zip(forced, chunk_mask_eager(ids, prompts, generator=g2, **kwargs)))
+
+
+@pytest.mark.parametrize("token_rate", [(0.0, 1.0), (0.7, 0.3), (0.5, 1.5)])
+def test_bad_token_rate(token_rate):
+    ids, prompts, attn = batch()
+    with pytest.raises(ValueError, match="token_rate") as info:
+        chunk_mask_counter_triton(ids, prompts, seed=1, mask_id=MASK, token_rate=token_rate)
+    assert "\n" not in str(info.value)
