@@ -1,35 +1,98 @@
-"""python -m chunksft.generate --model HF_DIR --prompt "question" [--refine]
+"""python -m chunksft.generate --model HF_DIR (--prompt "question" | --input FILE --output FILE) [--refine]
 
-Decodes the answer to one question chunk by chunk (DESIGN.md §1 inference). The prompt is wrapped
-in the training template unless --raw is given.
+Decodes answers chunk by chunk (DESIGN.md §1 inference). The prompt is wrapped in the training
+template unless --raw is given.
+
+Batch prediction: --input reads a .jsonl/.json/.parquet file in any supported data format (only
+each row's question is used; a row without one is a one-line error naming the file and the row,
+before anything is generated) and --output gets one JSON object per input row, in input order:
+
+    {"question": str, "response": str, "answer": str | null, "refinement_steps": [float per chunk]}
+
+`answer` is the content of the response's last <answer>...</answer> (null if none);
+`refinement_steps` is written with --refine only.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 
 import torch
 
 
+def _predict(model, tokenizer, questions: list[str], *, refine: bool, max_new_tokens: int, steps_per_chunk: int,
+             batch_size: int) -> list[dict]:
+    from chunksft.data import encode_prompt, extract_answer
+
+    records = []
+    for start in range(0, len(questions), batch_size):
+        batch = questions[start:start + batch_size]
+        prompts = [encode_prompt(tokenizer, q) for q in batch]
+        with torch.no_grad():
+            out = model.generate_with_refinement(prompts, max_length=max(map(len, prompts)) + max_new_tokens,
+                                                 enable_refinement=refine, steps_per_chunk=steps_per_chunk)
+        for question, response, steps in zip(batch, out.responses, out.chunk_steps):
+            text = tokenizer.decode(response, skip_special_tokens=True)
+            record = {"question": question, "response": text, "answer": extract_answer(text)}
+            if refine:
+                record["refinement_steps"] = steps
+            records.append(record)
+    return records
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m chunksft.generate", description=__doc__.splitlines()[2])
     parser.add_argument("--model", required=True, help="an exported HF folder (python -m chunksft.export)")
-    parser.add_argument("--prompt", required=True, help="the question (or the full prompt text with --raw)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="the question (or the full prompt text with --raw)")
+    source.add_argument("--input", help="batch prediction: a .jsonl/.json/.parquet file of questions (any data format)")
+    parser.add_argument("--output", help="with --input: the predictions file (one JSON object per input row)")
+    parser.add_argument("--format", default="auto", help="with --input: the data format (default: detected)")
     parser.add_argument("--raw", action="store_true", help="use --prompt as is, without the training template")
     parser.add_argument("--refine", action="store_true", help="run the refinement head in the loop")
     parser.add_argument("--max_new_tokens", type=int, default=128)
     parser.add_argument("--steps_per_chunk", type=int, default=4)
+    parser.add_argument("--batch_size", type=int, default=32, help="with --input: questions per generate call")
     args = parser.parse_args(argv)
+    if args.input is not None and args.output is None:
+        parser.error("--input needs --output FILE")
+    if args.input is None and args.output is not None:
+        parser.error("--output goes with --input FILE")
+    if args.batch_size < 1:
+        parser.error("--batch_size must be >= 1")
 
-    from chunksft.data import encode_prompt, load_tokenizer
+    from chunksft.data import DataError, encode_prompt, iter_questions, load_tokenizer
     from chunksft.models import HybridModel
 
+    questions = None
+    if args.input is not None:
+        try:  # every row is read (and checked) before the model loads and anything is written
+            questions = [q for _, q in iter_questions(args.input, format=args.format)]
+        except DataError as exc:
+            print(f"error: --input {exc}", file=sys.stderr)
+            return 2
     try:
         tokenizer = load_tokenizer(args.model)
         model = HybridModel.from_pretrained(args.model).eval()
     except (OSError, ValueError) as exc:
         print(f"error: --model {args.model}: {exc}", file=sys.stderr)
         return 2
+
+    if questions is not None:
+        records = _predict(model, tokenizer, questions, refine=args.refine, max_new_tokens=args.max_new_tokens,
+                           steps_per_chunk=args.steps_per_chunk, batch_size=args.batch_size)
+        folder = os.path.dirname(os.path.abspath(args.output))
+        os.makedirs(folder, exist_ok=True)
+        tmp = args.output + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        os.replace(tmp, args.output)  # a finished file or none
+        answered = sum(r["answer"] is not None for r in records)
+        print(f"{args.output}: {len(records)} predictions ({answered} with an <answer>)", file=sys.stderr)
+        return 0
+
     prompt = tokenizer(args.prompt, add_special_tokens=False)["input_ids"] if args.raw \
         else encode_prompt(tokenizer, args.prompt)
     with torch.no_grad():

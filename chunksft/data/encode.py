@@ -14,12 +14,14 @@ one chunk is always skipped (counted) or raises under `error`.
 """
 from __future__ import annotations
 
+import itertools
 from typing import Iterable
 
 import torch
 
 from chunksft.data.errors import DataError, DataStats
 from chunksft.data.formats import Rejection, iter_examples
+from chunksft.data.holdout import HASH_PARTS, HELD_OUT_FRACTION, filter_part
 from chunksft.data.template import ReasoningExample, render, render_prompt
 
 OVERFLOW_POLICIES = ("truncate", "skip", "error")
@@ -105,15 +107,21 @@ class ChunkDataset(torch.utils.data.Dataset):
 
 def build_dataset(source: str | None = None, *, tokenizer=None, chunk_size: int = 16,
                   max_length: int | None = 1024, format: str = "auto", split: str = "train",
-                  max_rows: int | None = None, overflow: str = "truncate") -> tuple[ChunkDataset, DataStats]:
+                  max_rows: int | None = None, overflow: str = "truncate",
+                  hash_split: str | None = None) -> tuple[ChunkDataset, DataStats]:
     """Load, map, template and tokenize a source -> (ChunkDataset, DataStats).
 
     source: a .jsonl/.json/.parquet file, a hub dataset name (`name` or `name:config`), or
     None / "bundled" / "bundled:<level>" for the bundled split `split` (train | validation | test).
     tokenizer: a loaded tokenizer; None = the bundled one.
+    hash_split: None = every row; "train" / "held_out" = the rows outside / inside the held-out part
+    chosen by question hash (chunksft.data.holdout; for a source without a separate eval set).
+    `stats.held_out` counts the rows the "train" part left out. max_rows counts rows of the part.
     Raises DataError (one line) on unreadable input, bad arguments, or when no row is usable.
     """
     check_chunk_args(chunk_size, max_length, overflow)
+    if hash_split is not None and hash_split not in HASH_PARTS:
+        raise DataError(f"hash_split must be None or one of {', '.join(HASH_PARTS)}, got {hash_split!r}")
     if source is None or source == "bundled" or source.startswith("bundled:"):
         from chunksft.data.bundled import split_path
 
@@ -125,8 +133,21 @@ def build_dataset(source: str | None = None, *, tokenizer=None, chunk_size: int 
         from chunksft.data.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer()
-    stats = DataStats(source)
-    rows = encode_examples(iter_examples(source, format=format, split=split, max_rows=max_rows), tokenizer, stats,
-                           chunk_size=chunk_size, max_length=max_length, overflow=overflow)
+    if hash_split is None:
+        stats = DataStats(source)
+        items = iter_examples(source, format=format, split=split, max_rows=max_rows)
+    else:
+        part = "held-out part" if hash_split == "held_out" else "training part"
+        stats = DataStats(f"{source} ({part}, {HELD_OUT_FRACTION:.0%} of questions held out by hash)")
+        left_out = [0]
+        items = itertools.islice(filter_part(iter_examples(source, format=format, split=split), hash_split, left_out),
+                                 max_rows)
+    rows = encode_examples(items, tokenizer, stats, chunk_size=chunk_size, max_length=max_length, overflow=overflow)
+    if hash_split == "train":
+        stats.held_out = left_out[0]
+    if hash_split == "held_out" and not stats.rows:
+        raise DataError(f"{source}: none of its rows falls in the held-out part ({HELD_OUT_FRACTION:.0%} of questions "
+                        f"by hash; too few rows?); pass a separate eval file (--eval_dataset_name FILE) or disable "
+                        f"evaluation (--eval_loss_rows 0 --eval_generate_rows 0)")
     stats.raise_if_empty()
     return ChunkDataset(rows, chunk_size, stats), stats

@@ -43,6 +43,7 @@ class DataStats:
     tokens: int = 0
     rejected: Counter = field(default_factory=Counter)
     first_rejected: dict = field(default_factory=dict)
+    held_out: int | None = None  # rows set aside as held out by question hash (training part only)
 
     def reject(self, reason: str, where: str) -> None:
         self.rejected[reason] += 1
@@ -51,15 +52,19 @@ class DataStats:
     def summary(self) -> str:
         """One line, e.g. `train.jsonl: 98/100 rows kept (3 truncated, 5120 tokens); rejected: missing_marker=2`."""
         rejected = ", ".join(f"{r}={n}" for r, n in self.rejected.most_common()) or "none"
-        return (f"{self.source}: {self.kept}/{self.rows} rows kept ({self.truncated} truncated, "
+        line = (f"{self.source}: {self.kept}/{self.rows} rows kept ({self.truncated} truncated, "
                 f"{self.tokens} tokens); rejected: {rejected}")
+        if self.held_out is not None:
+            line += f"; {self.held_out} more rows held out for evaluation (never trained on)"
+        return line
 
     def raise_if_empty(self) -> None:
         """Raise a one-line DataError naming the top rejection reason when no row is usable."""
         if self.kept:
             return
         if not self.rejected:
-            raise DataError(f"{self.source}: no rows to train on; check the file or the split name")
+            held = f" ({self.held_out} rows are in the held-out part)" if self.held_out else ""
+            raise DataError(f"{self.source}: no rows to train on{held}; check the file or the split name")
         reason, count = self.rejected.most_common(1)[0]
         raise DataError(f"{self.source}: no usable rows out of {self.rows}; top rejection: {reason} "
                         f"({count} rows, first at {self.first_rejected[reason]}); fix: {REJECTION_FIXES[reason]}")

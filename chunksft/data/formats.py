@@ -19,6 +19,7 @@ name (optionally `name:config`, e.g. `openai/gsm8k:main`). Each row is mapped by
 
 `auto` picks the format from the columns. A row missing a required field is a DataError naming the
 file, row and key; row-level problems (no marker, empty response...) are returned as `Rejection`s.
+`iter_questions` reads only the question of each row (prediction inputs: response fields optional).
 """
 from __future__ import annotations
 
@@ -96,16 +97,19 @@ def _gsm8k(row: _Row) -> ReasoningExample | Rejection:
     return ReasoningExample(row.get("question"), lines_of(_CALCULATOR.sub("", reasoning)), final.strip())
 
 
-def _alpaca(row: _Row) -> ReasoningExample | Rejection:
+def _alpaca_question(row: _Row) -> str:
     question = row.get("instruction").strip()
     extra = (row.get("input", required=False) or "").strip()
-    if extra:
-        question = f"{question}\n\n{extra}"
+    return f"{question}\n\n{extra}" if extra else question
+
+
+def _alpaca(row: _Row) -> ReasoningExample | Rejection:
     steps, answer = split_reasoning(row.get("output"))
-    return ReasoningExample(question, steps, answer)
+    return ReasoningExample(_alpaca_question(row), steps, answer)
 
 
-def _messages(row: _Row) -> ReasoningExample | Rejection:
+def _last_user_turn(row: _Row) -> tuple[list[dict], int]:
+    """-> (turns, index of the last user turn)."""
     turns = row.get("messages", kind=list)
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict) or not isinstance(turn.get("role"), str) or turn.get("content") is None:
@@ -113,11 +117,23 @@ def _messages(row: _Row) -> ReasoningExample | Rejection:
     users = [i for i, t in enumerate(turns) if t["role"] == "user"]
     if not users:
         raise row.error("messages", "has no user turn", "add a {'role': 'user', ...} message")
-    replies = [t for t in turns[users[-1] + 1:] if t["role"] == "assistant"]
+    return turns, users[-1]
+
+
+def _messages(row: _Row) -> ReasoningExample | Rejection:
+    turns, user = _last_user_turn(row)
+    replies = [t for t in turns[user + 1:] if t["role"] == "assistant"]
     if not replies:
         return Rejection("no_assistant_turn")
     steps, answer = split_reasoning(replies[0]["content"])
-    return ReasoningExample(turns[users[-1]]["content"], steps, answer)
+    return ReasoningExample(turns[user]["content"], steps, answer)
+
+
+def _question_of_prompt(prompt: str) -> str:
+    """The question of a rendered prompt (everything up to and including the marker line)."""
+    question = prompt[:prompt.rindex(MARKER)].strip()
+    question = question[len(QUESTION_PREFIX):] if question.startswith(QUESTION_PREFIX) else question
+    return question.strip()
 
 
 def _text(row: _Row) -> ReasoningExample | Rejection:
@@ -128,10 +144,8 @@ def _text(row: _Row) -> ReasoningExample | Rejection:
         return Rejection("missing_marker")
     if ANSWER_OPEN not in response:
         return Rejection("missing_answer_tag" if response.strip() else "empty_response")
-    question = prompt[:prompt.rindex(MARKER)].strip()
-    question = question[len(QUESTION_PREFIX):] if question.startswith(QUESTION_PREFIX) else question
     steps, answer = split_reasoning(response)
-    return ReasoningExample(question.strip(), steps, answer)
+    return ReasoningExample(_question_of_prompt(prompt), steps, answer)
 
 
 MAPPERS: dict[str, Callable[[_Row], ReasoningExample | Rejection]] = {
@@ -265,3 +279,69 @@ def iter_examples(source: str, *, format: str = "auto", split: str = "train", ma
             elif not result.steps and not result.answer:
                 result = Rejection("empty_response")
         yield ref, result
+
+
+def _question_field(row: _Row) -> str | None:
+    return row.get("question", required=False)
+
+
+def _alpaca_question_only(row: _Row) -> str | None:
+    return _alpaca_question(row) if row.data.get("instruction") is not None else None
+
+
+def _messages_question(row: _Row) -> str | None:
+    if row.data.get("messages") is None:
+        return None
+    turns, user = _last_user_turn(row)
+    return turns[user]["content"]
+
+
+def _text_question(row: _Row) -> str | None:
+    try:
+        prompt, _ = split_text(row.get("text", required=False) or "")
+    except MissingMarker:
+        return None  # the prompt boundary is never guessed
+    return _question_of_prompt(prompt)
+
+
+# Question-only readers (prediction inputs need no response): format -> question or None.
+QUESTION_READERS: dict[str, Callable[[_Row], str | None]] = {
+    "plain": _question_field, "natural_reasoning": _question_field, "gsm8k": _question_field,
+    "alpaca": _alpaca_question_only,
+    "messages": _messages_question,
+    "text": _text_question,
+}
+QUESTION_HINT = {
+    "plain": "a non-empty 'question' string", "natural_reasoning": "a non-empty 'question' string",
+    "gsm8k": "a non-empty 'question' string", "alpaca": "a non-empty 'instruction' string",
+    "messages": "a user turn in 'messages'",
+    "text": f"a 'text' rendered as 'Question: ...\\n\\n{MARKER}'",
+}
+
+
+def detect_question_format(columns: list[str], source: str) -> str:
+    """The format whose question field a row has (prediction inputs may have no response columns)."""
+    cols = set(columns)
+    for column, fmt in (("messages", "messages"), ("question", "plain"), ("instruction", "alpaca"), ("text", "text")):
+        if column in cols:
+            return fmt
+    raise DataError(f"{source}: no question column in {sorted(cols)}; give each row a 'question' "
+                    f"(or 'instruction', 'messages', 'text')")
+
+
+def iter_questions(source: str, *, format: str = "auto", split: str = "train") -> Iterator[tuple[str, str]]:
+    """Yield (where, question) for each row of `source` in any supported format; only the question
+    is read (response fields may be absent). A row without a usable question is a one-line
+    DataError naming the file and the row."""
+    if format != "auto" and format not in MAPPERS:
+        raise DataError(f"unknown data format {format!r}; use auto or one of {', '.join(FORMATS)}")
+    rows, where, name = load_rows(source, split)
+    fmt = detect_question_format(rows.column_names, name) if format == "auto" else format
+    reader = QUESTION_READERS[fmt]
+    for i, data in enumerate(_guarded(rows, name)):
+        ref = where(i)
+        question = reader(_Row(data, ref, fmt))
+        if not isinstance(question, str) or not question.strip():
+            raise DataError(f"{ref}: no question (format {fmt} needs {QUESTION_HINT[fmt]}); "
+                            f"fix or delete that row")
+        yield ref, question.strip()

@@ -67,8 +67,9 @@ class DataConfig:
     max_length: int = 512
     overlong: Literal["truncate", "skip"] = "truncate"
     train_split: str = "train"
-    # Held-out rows: eval_dataset_name (None = dataset_name) at eval_split. A local file is its own
-    # single split, so a local training file needs a separate held-out file here.
+    # Held-out rows: eval_dataset_name at eval_split. None = from dataset_name itself: its eval_split
+    # when it has one (bundled, hub), else (a local file, a hub dataset without eval_split) ~5% of
+    # its rows chosen by question hash, which are then left out of training (chunksft.data.holdout).
     eval_dataset_name: Optional[str] = field(default=None, metadata=_RUN_ONLY)
     eval_split: str = field(default="validation", metadata=_RUN_ONLY)
     # Held-out rows used for the eval loss and for the generation accuracy (0 = none).

@@ -101,12 +101,16 @@ class Trainer:
         d, o = self.cfg.data, self.cfg.objective
         common = dict(tokenizer=self.tokenizer, chunk_size=o.chunk_size, max_length=d.max_length,
                       format=d.dataset_format, overflow=d.overlong)
-        train, train_stats = build_dataset(d.dataset_name, split=d.train_split, **common)
+        # Held-out rows are never training rows: a source without a separate eval set (a local file,
+        # a hub dataset without eval_split) is split by question hash (chunksft.data.holdout).
+        from chunksft.data.holdout import plan_splits
+
+        train_part, eval_part = plan_splits(d.dataset_name, d.eval_dataset_name, d.train_split, d.eval_split)
+        train, train_stats = build_dataset(**train_part.kwargs(), **common)
         eval_rows = max(d.eval_loss_rows, d.eval_generate_rows)
         held_out, eval_stats = (None, None)
         if eval_rows:
-            held_out, eval_stats = build_dataset(d.eval_dataset_name or d.dataset_name, split=d.eval_split,
-                                                 max_rows=eval_rows, **common)
+            held_out, eval_stats = build_dataset(**eval_part.kwargs(), max_rows=eval_rows, **common)
         self.print(f"data: {train_stats.summary()}")
         if eval_stats is not None:
             self.print(f"held-out data: {eval_stats.summary()}")

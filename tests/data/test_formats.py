@@ -93,3 +93,28 @@ def test_auto_detects_format_from_columns(rows, fmt):
     from chunksft.data import detect_format
 
     assert detect_format(list(rows[0]), "f") == fmt
+
+
+def test_iter_questions_reads_only_the_question_of_every_format(jsonl):
+    from chunksft.data import DataError, iter_questions
+
+    cases = {
+        "plain": ({"question": " Q1 ", "steps": ["a"], "answer": "1"}, "Q1"),
+        "question only": ({"question": "Q2"}, "Q2"),
+        "gsm8k": ({"question": "Q3", "answer": "no final answer"}, "Q3"),  # a row training would reject
+        "natural_reasoning": ({"question": "Q4", "reference_answer": "4", "responses": []}, "Q4"),
+        "alpaca": ({"instruction": "Add", "input": "2 and 3"}, "Add\n\n2 and 3"),
+        "messages": ({"messages": [{"role": "user", "content": "old"}, {"role": "assistant", "content": "x"},
+                                   {"role": "user", "content": "Q6"}]}, "Q6"),
+        "text": ({"text": "Question: Q7\n\nLet's solve this step by step:\n"}, "Q7"),
+    }
+    for name, (data, question) in cases.items():
+        assert [q for _, q in iter_questions(jsonl([data, data], name=f"{name}.jsonl"))] == [question] * 2, name
+    for bad, fix in (({"text": "no marker"}, "'text'"), ({"instruction": ""}, "'instruction'"),
+                     ({"question": None, "x": 1}, "'question'")):
+        path = jsonl([bad], name="bad.jsonl")
+        with pytest.raises(DataError) as err:
+            list(iter_questions(path))
+        assert str(err.value).startswith(f"{path} line 1: no question") and fix in str(err.value)
+    with pytest.raises(DataError, match="no question column"):
+        list(iter_questions(jsonl([{"foo": 1}], name="cols.jsonl")))
