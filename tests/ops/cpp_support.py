@@ -13,8 +13,3 @@ def require_cpp():
     status = _cpp.status()
     assert status["available"], f"C++ extension failed to load: {status['error']}"
     return _cpp.load()
-
-
-def max_rel_err(a, b):
-    """max |a - b| / max |b|: one number per tensor, robust to entries near 0."""
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
