@@ -1,9 +1,13 @@
 """One-pass bd3 chunk_sft == the per-chunk loop; causality of the chunk layout; frozen backbone."""
+import copy
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from chunksft.models import HybridConfig, HybridModel
-from chunksft.objectives.chunk_sft import loop_loss, per_chunk_loop
+from chunksft.objectives.chunk_sft import chunk_sft_loss, loop_loss, per_chunk_loop
+from tests.tolerance import assert_close_to_reference
 
 C = 16
 
@@ -41,11 +45,22 @@ def test_one_pass_equals_per_chunk_loop(model):
     positions = prompts[index[:, 0], None] + index[:, 1:] * C + torch.arange(C)
     one_pass = plain.logits[index[:, :1], positions]
     assert torch.equal(plain.chunk_targets, targets)
-    torch.testing.assert_close(one_pass, loop_plain[0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(refined.logits[index[:, :1], positions], loop_steps[-1], atol=1e-5, rtol=1e-5)
+    # Tolerance rule (tests/tolerance.py): the one pass against the loop at fp32 (the baseline) and the
+    # loop of an fp64 eager copy of the model (the reference), the loss with its CE terms in fp64.
+    model64 = copy.deepcopy(model).double()
+    model64.config.backend = model64.lm_loss.backend = "eager"
+    with torch.no_grad():
+        loop64_plain, _, _ = per_chunk_loop(model64, ids, prompts, chunk_masked, refine=False)
+        loop64_steps, loop64_halt, _ = per_chunk_loop(model64, ids, prompts, chunk_masked, refine=True)
+    assert_close_to_reference("logits (no refinement)", one_pass, loop_plain[0], loop64_plain[0])
+    assert_close_to_reference("logits (refined)", refined.logits[index[:, :1], positions], loop_steps[-1],
+                              loop64_steps[-1])
     assert not torch.allclose(loop_steps[-1], loop_plain[0], atol=1e-3), "the head should change the logits"
     reference, _ = loop_loss(loop_steps, loop_halt, targets, deep_supervision_weight=0.3)
-    torch.testing.assert_close(refined.loss, reference, atol=1e-5, rtol=1e-5)
+    reference64, _ = chunk_sft_loss([F.cross_entropy(x.flatten(0, -2), targets.flatten()) for x in loop64_steps],
+                                    [x.argmax(dim=-1) for x in loop64_steps], [h.double() for h in loop64_halt],
+                                    targets, deep_supervision_weight=0.3)
+    assert_close_to_reference("loss", refined.loss, reference, reference64)
     assert torch.equal(refined.chunk_predictions, loop_steps[-1].argmax(-1))
 
 
