@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The CPU wheel of torch must be installed before anything that depends on torch.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install data train bench test test-faults test-all clean
+.PHONY: install data train bench bench-learning test test-faults test-all clean
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,12 @@ bench: data
 	$(BIN)/python benchmarks/bench_linear_cross_entropy.py --reps 1
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_train_step.py
 	$(BIN)/python benchmarks/harness.py --summary
+	$(MAKE) bench-learning
+
+# Learning vs a same-size causal LM at the hybrid's training wall-clock (needs `make train` first):
+# benchmarks/results/learning.{csv,json,png}.
+bench-learning: data
+	$(BIN)/python benchmarks/bench_learning.py
 
 test: data
 	$(BIN)/python -m pytest -q -x --timeout=900 tests
