@@ -1,6 +1,6 @@
 """Learning vs an autoregressive baseline at equal wall-clock (issue 12 item 4, DESIGN.md section 4).
 
-    make train                                   # first: the hybrid (writes runs/tiny_pretrain, runs/tiny)
+    make train                                   # first: the hybrid (writes runs/tiny_bd3, runs/tiny)
     python benchmarks/bench_learning.py          # = make bench-learning
     python benchmarks/bench_learning.py --runs DIR --budget 30 --results-dir /tmp/out
 
@@ -11,7 +11,7 @@ test numbers are in runs/tiny/test_accuracy.json. Its curve puts stage-1 points 
 train_seconds and stage-2 points at (stage-1 total + their train_seconds).
 
 The baseline is trained here: transformers' own causal LM (AutoModelForCausalLM.from_config, SDPA)
-with the hybrid's backbone config (runs/tiny_pretrain/hf/config.json "backbone", else the tiny
+with the hybrid's backbone config (the stage-1 export's hf/config.json "backbone", else the tiny
 default), the bundled tokenizer and the same training split (prompt + response + one EOS; loss on
 the response and that EOS only; right padding; shuffled with a fixed seed), AdamW, linear warm-up
 then cosine decay to 10% over elapsed training seconds / budget, one process with --threads torch
@@ -44,6 +44,8 @@ from harness import RESULTS, machine  # noqa: E402
 SERIES = ("hybrid", "hybrid_refined", "causal_lm")
 LABELS = {"hybrid": "hybrid, without refinement", "hybrid_refined": "hybrid, with refinement",
           "causal_lm": "causal LM (same backbone size)"}
+# launch/train.sh's stage-1 output dir under OUTPUT_ROOT (its name changed over time; stage 2 is "tiny").
+STAGE1_NAMES = ("tiny_bd3", "tiny_pretrain")
 CSV_FIELDS = ("series", "stage", "split", "step", "train_seconds", "rows_seen", "eval_rows", "accuracy", "loss")
 
 
@@ -121,16 +123,33 @@ def read_stage(run_dir: Path, stage: int, offset: float) -> dict:
             "points": points}
 
 
+def find_stage1(runs: Path, stage2_dir: Path) -> Path | None:
+    """Stage 1's run dir: the one whose export stage 2 started from (its model.name_or_path), else
+    runs/<one of STAGE1_NAMES>; None when none has a metrics.jsonl."""
+    candidates = []
+    source = run_config(stage2_dir).get("model", {}).get("name_or_path")
+    if isinstance(source, str) and source:
+        candidates += [Path(source).parent, Path(source)]
+    candidates += [runs / name for name in STAGE1_NAMES]
+    return next((c for c in candidates if (c / "metrics.jsonl").is_file() and c.resolve() != stage2_dir.resolve()),
+                None)
+
+
 def read_hybrid(runs: Path) -> dict:
-    stage2_dir, stage1_dir = runs / "tiny", runs / "tiny_pretrain"
+    stage2_dir = runs / "tiny"
     if not (stage2_dir / "metrics.jsonl").is_file():
         raise BenchError(f"{stage2_dir / 'metrics.jsonl'} not found: run `make train` first (it writes the hybrid's "
                          f"runs under {runs}/), or pass --runs DIR")
-    if (stage1_dir / "metrics.jsonl").is_file():
+    dataset = run_config(stage2_dir).get("data", {}).get("dataset_name") or "bundled"
+    if dataset != "bundled" and not dataset.startswith("bundled:"):
+        raise BenchError(f"the hybrid under {runs}/ was trained on {dataset!r}; this bench compares on the bundled "
+                         f"data only: run `make train` without DATASET (or pass --runs DIR of such a run)")
+    stage1_dir = find_stage1(runs, stage2_dir)
+    if stage1_dir is not None:
         stage1 = read_stage(stage1_dir, 1, 0.0)
     else:
-        print(f"warning: {stage1_dir / 'metrics.jsonl'} not found: the hybrid's budget counts stage 2 only",
-              file=sys.stderr)
+        print(f"warning: no stage-1 run ({' or '.join(str(runs / n) for n in STAGE1_NAMES)}) with a metrics.jsonl: "
+              f"the hybrid's budget counts stage 2 only", file=sys.stderr)
         stage1 = None
     stage2 = read_stage(stage2_dir, 2, stage1["train_seconds"] if stage1 else 0.0)
     test = None
@@ -146,18 +165,20 @@ def read_hybrid(runs: Path) -> dict:
             p["rows_seen"] = None if inside is None or rows_stage1 is None else \
                 inside + (rows_stage1 if p["stage"] == 2 else 0)
     return {"stage1": stage1, "stage2": stage2, "test": test, "train_seconds": round(total, 3), "curves": curves,
+            "dataset": dataset,
             "rows_seen": None if rows_stage1 is None or stage2["rows_seen"] is None
             else rows_stage1 + stage2["rows_seen"]}
 
 
-def backbone_config(runs: Path):
+def backbone_config(runs: Path, stage1_dir: str | None = None):
     """The hybrid's backbone as a transformers config (+ where it came from)."""
     from transformers import AutoConfig
 
     from chunksft.models.config import TINY_BACKBONE
 
     fields, source = dict(TINY_BACKBONE), "chunksft.models.config.TINY_BACKBONE (no exported config found)"
-    for candidate in (runs / "tiny_pretrain" / "hf" / "config.json", runs / "tiny" / "hf" / "config.json"):
+    dirs = ([Path(stage1_dir)] if stage1_dir else []) + [runs / name for name in STAGE1_NAMES] + [runs / "tiny"]
+    for candidate in (d / "hf" / "config.json" for d in dirs):
         if candidate.is_file():
             fields.update(json.loads(candidate.read_text()).get("backbone") or {})
             source = str(candidate)
@@ -243,7 +264,7 @@ def causal_accuracy(model, tokenizer, items, *, max_new_tokens: int, batch_size:
     return correct / max(len(items), 1)
 
 
-def train_causal_lm(args, config, budget: float, eval_rows: int, test_rows: int) -> dict:
+def train_causal_lm(args, config, budget: float, eval_rows: int, test_rows: int, dataset: str = "bundled") -> dict:
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     from chunksft.data import build_dataset, load_tokenizer
@@ -251,13 +272,14 @@ def train_causal_lm(args, config, budget: float, eval_rows: int, test_rows: int)
     tokenizer = load_tokenizer()
     common = dict(tokenizer=tokenizer, chunk_size=args.chunk_size, max_length=args.max_length)
     started = time.time()
-    train, _ = build_dataset("bundled", split="train", max_rows=args.train_rows, **common)
-    validation, _ = build_dataset("bundled", split="validation", max_rows=eval_rows, **common)
-    test, _ = build_dataset("bundled", split="test", max_rows=test_rows, **common)
+    train, _ = build_dataset(dataset, split="train", max_rows=args.train_rows, **common)
+    validation, _ = build_dataset(dataset, split="validation", max_rows=eval_rows, **common)
+    test, _ = build_dataset(dataset, split="test", max_rows=test_rows, **common)
     validation = [validation[i] for i in range(len(validation))]
     test = [test[i] for i in range(len(test))]
     rows = causal_rows(train.rows, tokenizer.eos_token_id)
-    print(f"causal LM data: {len(rows)} training rows, {len(validation)} validation rows, {len(test)} test rows "
+    print(f"causal LM data ({dataset}): {len(rows)} training rows, {len(validation)} validation rows, "
+          f"{len(test)} test rows "
           f"(tokenized in {time.time() - started:.1f} s, not counted)")
 
     torch.manual_seed(args.seed)
@@ -462,7 +484,7 @@ def print_table(records: list[dict], line: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", default="runs", help="OUTPUT_ROOT of `make train` (reads tiny_pretrain/, tiny/)")
+    parser.add_argument("--runs", default="runs", help="OUTPUT_ROOT of `make train` (reads tiny/ and the stage-1 run)")
     parser.add_argument("--budget", type=float, default=None,
                         help="training seconds of the causal LM (default: the hybrid's stage 1 + 2 train_seconds)")
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -500,16 +522,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     eval_rows = args.eval_rows or hybrid["stage2"].get("eval_generate_rows") or 200
     test_rows = args.test_rows or (hybrid["test"] or {}).get("rows") or 500
-    config, config_source = backbone_config(runs)
+    config, config_source = backbone_config(runs, hybrid["stage1"]["dir"] if hybrid["stage1"] else None)
     print(f"hybrid: {hybrid['train_seconds']:.1f} training seconds (stage 1 "
           f"{hybrid['stage1']['train_seconds'] if hybrid['stage1'] else 0:.1f} s + stage 2 "
           f"{hybrid['stage2']['train_seconds']:.1f} s); backbone config from {config_source}")
 
-    causal = train_causal_lm(args, config, budget, eval_rows, test_rows)
+    causal = train_causal_lm(args, config, budget, eval_rows, test_rows, hybrid["dataset"])
 
     meta = {**machine(), **isa_info(), "loadavg_start": load_start, "loadavg_end": loadavg(),
             "budget_seconds": round(budget, 3), "budget_source": "--budget" if args.budget is not None else
-            "hybrid stage 1 + stage 2 train_seconds", "runs": str(runs), "backbone_config": config_source,
+            "hybrid stage 1 + stage 2 train_seconds", "runs": str(runs), "dataset": hybrid["dataset"],
+            "backbone_config": config_source,
             "backbone": {k: v for k, v in config.to_dict().items()
                          if k in ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
                                   "num_key_value_heads", "intermediate_size", "vocab_size", "tie_word_embeddings")},

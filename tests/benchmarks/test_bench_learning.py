@@ -11,12 +11,13 @@ ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks" / "bench_learning.py"
 
 
-def _fake_runs(root: Path) -> Path:
-    """runs/tiny_pretrain (stage 1: metrics + exported config) and runs/tiny (stage 2 + test numbers)."""
+def _fake_runs(root: Path, stage1_name: str = "tiny_bd3", dataset: str = "bundled") -> Path:
+    """runs/<stage1_name> (stage 1: metrics + exported config) and runs/tiny (stage 2, started from the
+    stage-1 export, + test numbers)."""
     from chunksft.models import HybridConfig
 
     runs = root / "runs"
-    stage1, stage2 = runs / "tiny_pretrain", runs / "tiny"
+    stage1, stage2 = runs / stage1_name, runs / "tiny"
     HybridConfig().save_pretrained(str(stage1 / "hf"))
     stage1.mkdir(parents=True, exist_ok=True)
     stage2.mkdir(parents=True, exist_ok=True)
@@ -31,8 +32,9 @@ def _fake_runs(root: Path) -> Path:
         (run_dir / "run_info.json").write_text(json.dumps({"world_size": 2}))
         marker = run_dir / "checkpoints" / "global_step4" / "COMPLETE"
         marker.parent.mkdir(parents=True)
-        marker.write_text(json.dumps({"step": 4, "config": {"training": {"batch_size": batch},
-                                                            "data": {"eval_generate_rows": 4}}}))
+        marker.write_text(json.dumps({"step": 4, "config": {
+            "training": {"batch_size": batch}, "model": {"name_or_path": str(stage1 / "hf") if batch == 8 else None},
+            "data": {"eval_generate_rows": 4, "dataset_name": dataset}}}))
     (stage2 / "test_accuracy.json").write_text(json.dumps(
         {"rows": 4, "accuracy": 0.5, "accuracy_refined": 0.75, "mean_refinement_steps": 3.0}))
     return runs
@@ -49,6 +51,30 @@ def test_missing_runs_says_make_train(tmp_path):
     assert out.returncode == 2
     assert "make train" in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "results").exists()
+
+
+def _bench_module():
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        import bench_learning
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    return bench_learning
+
+
+def test_hybrid_side_is_read_from_the_runs(tmp_path):
+    bench = _bench_module()
+    # stage 1 found through stage 2's model.name_or_path, whatever its directory is called
+    hybrid = bench.read_hybrid(_fake_runs(tmp_path / "a", stage1_name="my_stage1"))
+    assert hybrid["stage1"]["dir"].endswith("my_stage1") and hybrid["train_seconds"] == 6.0
+    assert [p["train_seconds"] for p in hybrid["curves"]["hybrid"]] == [2.0, 4.0, 6.0]
+    # a hybrid trained on the user's own file is not compared against the bundled data
+    try:
+        bench.read_hybrid(_fake_runs(tmp_path / "b", dataset="mine.jsonl"))
+    except bench.BenchError as exc:
+        assert "mine.jsonl" in str(exc) and "DATASET" in str(exc)
+    else:
+        raise AssertionError("expected BenchError")
 
 
 def test_baseline_writes_learning_outputs(tmp_path):
