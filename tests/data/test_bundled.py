@@ -45,11 +45,14 @@ def test_levels_grow_in_difficulty_and_the_default_is_multi_step_two_digit_arith
     default = read("train")
     assert default == read("train", "bundled:arith")
     ops = {m.group(2) for r in default for m in map(STEP.match, r["steps"])}
-    assert ops == {"+", "-", "*"} and {len(r["steps"]) for r in default} == {2, 3}
+    assert ops == {"+", "-", "*"} and {len(r["steps"]) for r in default} == {2}
     assert all(any(10 <= int(n) <= 99 for n in re.findall(r"\d+", r["question"])) for r in default)
+    assert all(int(n) <= 99 for r in default for step in r["steps"] for n in re.findall(r"\d+", step))
+    assert set(LEVELS["sums"]) < set(LEVELS["arith"]) < set(LEVELS["chain"])  # each level adds templates
+    assert max(len(r["steps"]) for r in read("train", "bundled:chain")) == 3
     mean_len = {level: sum(len(r["question"]) for r in read("train", f"bundled:{level}")) / LEVEL_SIZES[level]["train"]
-                for level in LEVELS}
-    assert mean_len["sums"] <= mean_len["arith"] < mean_len["word"]
+                for level in ("chain", "word")}
+    assert mean_len["chain"] < mean_len["word"]  # word problems: the numbers must be read out of sentences
     with pytest.raises(ValueError, match="no level 'hard'"):
         split_path("bundled:hard", "train")
 

@@ -6,7 +6,7 @@
     tokenizer/                                          PreTrainedTokenizerFast, trained on every level
     manifest.json                                       written last: marks a complete build
 
-for each difficulty level of `problems.LEVELS` ("sums", "arith", "word"; `--dataset_name bundled`
+for each difficulty level of `problems.LEVELS` ("sums", "arith", "chain", "word"; `--dataset_name bundled`
 is the default level, `bundled:<level>` any other, see `split_path`),
 
 building it on first use (`python -m chunksft.data.bundled` / `make data` builds it eagerly). The
@@ -31,11 +31,12 @@ from chunksft.data.template import render
 # thousands of rows, and repeating a small set would teach it the rows, not the arithmetic.
 LEVEL_SIZES = {"sums": {"train": 20000, "validation": 1000, "test": 1000},
                "arith": {"train": 60000, "validation": 1000, "test": 1000},
+               "chain": {"train": 20000, "validation": 1000, "test": 1000},
                "word": {"train": 8000, "validation": 500, "test": 500}}
 SPLIT_SIZES = LEVEL_SIZES[DEFAULT_LEVEL]
 SEED = 1234
 # Bump when the generator or the tokenizer recipe changes: stale builds are then rebuilt.
-VERSION = 2
+VERSION = 4
 PACKAGE_DIR = Path(__file__).resolve().parent / "generated"
 
 __all__ = ["ensure_bundled", "build", "bundled_dir", "split_path", "LEVELS", "DEFAULT_LEVEL", "SPLIT_SIZES", "BUNDLED_VOCAB_SIZE", "PAD_TOKEN_ID",

@@ -5,9 +5,11 @@ Each template draws a few small numbers and returns the question, one `a op b = 
 
 - "sums":  two-step sums and differences of two-digit numbers, as a bare expression
            ("Compute 23 + 45 - 17.");
-- "arith": two- and three-step expressions over two-digit numbers with sums, differences and small
-           products, precedence included ("Compute 35 + 4 * 12.", "Compute 7 * 12 + 35 - 48.");
-           the default job's level: short rows, so a tiny model sees many of them per CPU-second;
+- "arith": two-step expressions over two-digit numbers with sums, differences and small products,
+           precedence included ("Compute 35 + 4 * 8.", "Compute 7 * 9 - 48."), every number and
+           result within two digits; the default job's level: short rows (a two-chunk response), so
+           a tiny model sees many per CPU-second;
+- "chain": "arith" plus three-step chains ("Compute 7 * 12 + 35 - 48.");
 - "word":  word problems of 2-4 steps whose numbers must be read out of a sentence (long prompts).
  A problem's *canonical form* is (template, numbers): names and
 objects are decoration, so two problems with the same canonical form are the same exercise.
@@ -174,51 +176,62 @@ def _mul_add_sub(n: tuple[int, ...], name: str, item: str) -> Problem:
                        s - d)
 
 
-def _two_digit(r: random.Random) -> int:
-    return r.randint(10, 99)
+# "arith" keeps every number of a problem, results included, within two digits (<= 99): two-digit
+# operands, one-digit factors; "chain" adds a third step on top of the same draws.
+def _two_digit(r: random.Random, high: int = 99) -> int:
+    return r.randint(10, high)
 
 
 def _small_product(r: random.Random) -> tuple[int, int]:
-    return r.randint(2, 9), r.randint(2, 12)
+    return r.randint(2, 9), r.randint(2, 9)
 
 
 def _draw_add_sub(r: random.Random) -> tuple[int, ...]:
-    a, b = _two_digit(r), _two_digit(r)
-    return a, b, r.randint(10, min(99, a + b))
+    a = _two_digit(r, 89)
+    b = _two_digit(r, 99 - a)
+    return a, b, r.randint(10, a + b)
 
 
 def _draw_sub_add(r: random.Random) -> tuple[int, ...]:
-    a = r.randint(11, 99)
-    return a, r.randint(10, a), _two_digit(r)
+    a = r.randint(20, 99)
+    b = r.randint(10, a)
+    return a, b, r.randint(10, 99 - (a - b))
 
 
 def _draw_mul_add(r: random.Random) -> tuple[int, ...]:
-    return (*_small_product(r), _two_digit(r))
+    a, b = _small_product(r)
+    while a * b > 89:
+        a, b = _small_product(r)
+    return a, b, _two_digit(r, 99 - a * b)
 
 
 def _draw_mul_sub(r: random.Random) -> tuple[int, ...]:
-    a, b = r.randint(2, 9), r.randint(2, 12)
+    a, b = _small_product(r)
     while a * b < 10:  # a two-digit subtrahend must fit
-        a, b = r.randint(2, 9), r.randint(2, 12)
-    return a, b, r.randint(10, min(99, a * b))
+        a, b = _small_product(r)
+    return a, b, r.randint(10, a * b)
 
 
 def _draw_add_mul(r: random.Random) -> tuple[int, ...]:
-    return (_two_digit(r), *_small_product(r))
+    b, c = _small_product(r)
+    while b * c > 89:
+        b, c = _small_product(r)
+    return _two_digit(r, 99 - b * c), b, c
 
 
 def _draw_mul_add_sub(r: random.Random) -> tuple[int, ...]:
-    a, b = _small_product(r)
-    c = _two_digit(r)
-    return a, b, c, r.randint(10, min(99, a * b + c))
+    a, b, c = _draw_mul_add(r)
+    return a, b, c, r.randint(10, a * b + c)
 
 
 Template = tuple[Callable[[random.Random], tuple[int, ...]], Callable[..., Problem]]
 _SUMS: dict[str, Template] = {"add_sub": (_draw_add_sub, _add_sub), "sub_add": (_draw_sub_add, _sub_add)}
+_ARITH: dict[str, Template] = {**_SUMS, "mul_add": (_draw_mul_add, _mul_add), "mul_sub": (_draw_mul_sub, _mul_sub),
+                               "add_mul": (_draw_add_mul, _add_mul)}
 LEVELS: dict[str, dict[str, Template]] = {
     "sums": _SUMS,
-    "arith": {**_SUMS, "mul_add": (_draw_mul_add, _mul_add), "mul_sub": (_draw_mul_sub, _mul_sub),
-              "add_mul": (_draw_add_mul, _add_mul), "mul_add_sub": (_draw_mul_add_sub, _mul_add_sub)},
+    "arith": _ARITH,
+    "chain": {**_ARITH, "mul_add_sub": (_draw_mul_add_sub, _mul_add_sub)},
     "word": {"buy_bags": (_draw_buy_bags, _buy_bags), "give_find": (_draw_give_find, _give_find),
              "shop": (_draw_shop, _shop), "change": (_draw_change, _change), "reading": (_draw_reading, _reading),
              "share": (_draw_share, _share), "savings": (_draw_savings, _savings)},
