@@ -31,11 +31,14 @@ def _check_probability(name: str, value: float) -> None:
         raise ValueError(f"{name} must lie in [0, 1], got {value}; set it to e.g. 0.3")
 
 
+MIN_TOKEN_RATE = 1e-6  # the counter draws quantise rates to 2**-24: smaller ones would round to 0 (a 1/0 loss weight)
+
+
 def _check_token_rate(token_rate: tuple[float, float]) -> tuple[float, float]:
     t_min, t_max = map(float, token_rate)
-    if not 0.0 < t_min <= t_max <= 1.0:
-        raise ValueError(f"token_rate (t_min, t_max) must satisfy 0 < t_min <= t_max <= 1, got {token_rate}; "
-                         "e.g. (0.001, 1.0) for bd3, (1.0, 1.0) for whole chunks")
+    if not MIN_TOKEN_RATE <= t_min <= t_max <= 1.0:
+        raise ValueError(f"token_rate (t_min, t_max) must satisfy {MIN_TOKEN_RATE:g} <= t_min <= t_max <= 1, got "
+                         f"{token_rate}; e.g. (0.001, 1.0) for bd3, (1.0, 1.0) for whole chunks")
     return t_min, t_max
 
 

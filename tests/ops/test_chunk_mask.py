@@ -131,11 +131,11 @@ def test_bad_arguments():
         chunk_mask(ids, prompts, mask_prob=1.5, mask_id=MASK)
 
 
-@pytest.mark.parametrize("token_rate", [(0.0, 1.0), (-0.1, 0.5), (0.7, 0.3), (0.5, 1.5), (1.0, 1.01)])
+@pytest.mark.parametrize("token_rate", [(0.0, 1.0), (1e-9, 1.0), (-0.1, 0.5), (0.7, 0.3), (0.5, 1.5), (1.0, 1.01)])
 @pytest.mark.parametrize("seed", [None, 3])  # None: chunk_mask_eager; 3: the counter reference
 def test_bad_token_rate(token_rate, seed):
     ids, attn, prompts = rows([3], [2])
-    with pytest.raises(ValueError, match=r"token_rate .*0 < t_min <= t_max <= 1") as info:
+    with pytest.raises(ValueError, match=r"token_rate .*1e-06 <= t_min <= t_max <= 1") as info:
         chunk_mask(ids, prompts, mask_id=MASK, backend="eager", seed=seed, token_rate=token_rate)
     assert "\n" not in str(info.value), "one-line message"
 
