@@ -28,8 +28,10 @@ def block_diffusion_loss(logits: torch.Tensor, targets: torch.Tensor, masked: to
     """The module formula from full logits (the reference of the fused path).
 
     logits: [B, L, V]; targets: int64 [B, L]; masked: bool [B, L]; rate: float [B, L] (t of each
-    position's chunk; read only where masked); response_tokens: int [B] -> scalar fp32.
+    position's chunk; read only where masked); response_tokens: int [B] -> scalar, fp32 (fp64 for
+    fp64 logits).
     """
-    ce = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
-    per_token = torch.where(masked, ce / torch.where(masked, rate.float(), 1.0), torch.zeros_like(ce))
-    return (per_token.sum(dim=1) / response_tokens.clamp(min=1).float()).mean()
+    dtype = torch.promote_types(logits.dtype, torch.float32)  # fp32 at least (fp64 stays fp64: test references)
+    ce = F.cross_entropy(logits.to(dtype).flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+    per_token = torch.where(masked, ce / torch.where(masked, rate.to(dtype), 1.0), torch.zeros_like(ce))
+    return (per_token.sum(dim=1) / response_tokens.clamp(min=1).to(dtype)).mean()

@@ -1,11 +1,14 @@
 """The "bd3" mode: one pass == per-chunk loop with partly masked chunks, the 1/t-weighted loss,
 causality, and the backbone (not the head) trains."""
+import copy
+
 import pytest
 import torch
 
 from chunksft.models import HybridConfig, HybridModel
 from chunksft.objectives.block_diffusion import block_diffusion_loss
 from chunksft.objectives.chunk_sft import per_chunk_loop
+from tests.tolerance import assert_close_to_reference
 
 C = 16
 
@@ -49,20 +52,30 @@ def test_masks_tokens_inside_every_response_chunk(model):
 def test_one_pass_equals_per_chunk_loop_and_loss_formula(model):
     ids, mask, prompts = batch([7, 21, 16], [3, 2, 4])
     out = bd3(model, ids, mask, prompts)
+    # Tolerance rule (tests/tolerance.py): the loop at fp32 is the baseline, the loop of an fp64
+    # eager copy of the model the reference.
+    model64 = copy.deepcopy(model).double()
+    model64.config.backend = model64.lm_loss.backend = "eager"
     with torch.no_grad():
         loop_logits, _, targets = per_chunk_loop(model, ids, prompts, out.chunk_masked, refine=False,
                                                  noisy_ids=out.noisy_input_ids)
+        loop64_logits, _, _ = per_chunk_loop(model64, ids, prompts, out.chunk_masked, refine=False,
+                                             noisy_ids=out.noisy_input_ids)
     index = out.chunk_index
     positions = prompts[index[:, 0], None] + index[:, 1:] * C + torch.arange(C)
-    torch.testing.assert_close(out.logits[index[:, :1], positions], loop_logits[0], atol=1e-5, rtol=1e-5)
-    # The 1/t-weighted loss, from the loop's logits placed into a full [B, L, V] tensor.
-    full = out.logits.clone()
-    full[index[:, :1], positions] = loop_logits[0]
+    assert_close_to_reference("bd3 logits", out.logits[index[:, :1], positions], loop_logits[0], loop64_logits[0])
+    # The 1/t-weighted loss of the module formula, from the loop's logits placed into [B, L, V].
     masked = out.labels != -100
     rel = (torch.arange(ids.shape[1])[None] - prompts[:, None]).clamp(min=0) // C
     rate = torch.gather(torch.nn.functional.pad(drawn_rate(model, ids, mask, prompts), (0, 8)), 1, rel)
     response = (mask.sum(1) - prompts) // C * C
-    torch.testing.assert_close(out.loss, block_diffusion_loss(full, ids, masked, rate, response), atol=1e-5, rtol=1e-5)
+
+    def formula(logits):
+        full = torch.zeros(*ids.shape, logits.shape[-1], dtype=logits.dtype)
+        full[index[:, :1], positions] = logits
+        return block_diffusion_loss(full, ids, masked, rate.to(logits.dtype), response)
+
+    assert_close_to_reference("bd3 loss", out.loss, formula(loop_logits[0]), formula(loop64_logits[0]))
 
 
 def drawn_rate(model, ids, mask, prompts, seed=3):
