@@ -6,7 +6,10 @@ Decoding shows the model only states it was trained on (DESIGN.md §1):
   positions). A partly unmasked chunk is what "bd3" training shows the backbone; a backbone trained
   only on whole masked chunks should be decoded with one step per chunk;
 - with refinement, the head runs where chunk_sft trained it: on the backbone states of the fully
-  masked chunk, for up to K steps (halting per chunk by confidence); its refined chunk is committed.
+  masked chunk (the first denoising step), for up to K steps (halting per chunk by confidence), and
+  the refined logits choose what that step commits: with one step per chunk the whole refined chunk,
+  with several the most confident refined tokens, after which the backbone alone unmasks the rest
+  (partly unmasked chunks are bd3 states, which the head never saw).
 Prompts are left-padded so every row's chunks line up. The committed prefix is kept in a
 transformers KV cache: a chunk's queries see the whole prefix and the chunk itself, exactly the
 block_causal rule for the last block (and the bd3 rule for a noisy chunk), so the denoising forwards
@@ -107,17 +110,15 @@ def generate_chunks(model, prompt_ids, *, max_length: int, enable_refinement: bo
         layout = ChunkLayout("bidirectional", key_padding=key_valid, backend=cfg.backend)
         chunk_steps = torch.zeros(len(prompts), device=device)
         confidence = torch.zeros(len(prompts), device=device)
-        for step in range(1 if enable_refinement else steps_per_chunk):
+        for step in range(steps_per_chunk):
             states = model.backbone_states(chunk, layout, position_ids=chunk_pos, past_key_values=cache,
                                            use_cache=True)
             cache.crop(-size)  # denoising forwards never enter the committed prefix
-            if enable_refinement:  # the fully masked chunk's states, as in chunk_sft: commit the refined chunk
+            if enable_refinement and step == 0:  # the fully masked chunk, as in chunk_sft
                 trace = model.head(states, cfg.max_recursive_steps, threshold, early_exit=not synced_ranks)
-                logits = model.decode(trace.states[-1])
+                states = trace.states[-1]
                 chunk_steps, confidence = trace.steps.float(), torch.sigmoid(trace.confidence[-1])
-                chunk = unmask_step(chunk, logits, mask_id, steps_left=1)
-            else:
-                chunk = unmask_step(chunk, model.decode(states), mask_id, steps_left=steps_per_chunk - step)
+            chunk = unmask_step(chunk, model.decode(states), mask_id, steps_left=steps_per_chunk - step)
         # Commit: append the finished chunk's keys/values to the cached prefix.
         model.backbone_states(chunk, layout, position_ids=chunk_pos, past_key_values=cache, use_cache=True)
         for row in range(len(prompts)):
