@@ -181,6 +181,8 @@ class Trainer:
                    dynamic_ncols=True, mininterval=2.0, file=sys.stdout)
         nonfinite_run = 0
         started = time.time()
+        excluded = 0.0  # seconds spent in evaluation and saving, left out of train_seconds
+        final_eval = None
         while self.step < stop:
             sums: dict[str, float] = {}
             lr = self.engine.get_lr()[0]  # the rate this step's update uses (the schedule advances in step())
@@ -215,23 +217,31 @@ class Trainer:
             keys = sorted(sums)
             means = all_mean(torch.tensor([sums[k] / t.gradient_accumulation_steps for k in keys]))
             row = {"step": self.step, **dict(zip(keys, means.tolist())), "lr": lr,
-                   "epoch": self.epoch, "skipped": self.skipped, "time": round(time.time() - started, 3)}
+                   "epoch": self.epoch, "skipped": self.skipped, "time": round(time.time() - started, 3),
+                   "train_seconds": round(time.time() - started - excluded, 3)}
             grad_norm = self.engine.get_global_grad_norm()
             if grad_norm is not None:
                 row["grad_norm"] = float(grad_norm)
+            aside = time.time()
+            # Held-out metrics join the step's row (metrics.jsonl, TensorBoard, the plot beside the loss).
+            if (t.eval_interval and self.step % t.eval_interval == 0) or self.step >= self.total_steps:
+                evaluated = self.evaluate()
+                row.update({k: v for k, v in evaluated.items() if k != "step"})
+                final_eval = evaluated if self.step >= self.total_steps else None
             if self.logger is not None:
                 self.logger.log("metrics", row)
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", refresh=False)
             if cfg.checkpoint.save_interval and self.step % cfg.checkpoint.save_interval == 0:
                 self.save()
-            if t.eval_interval and self.step % t.eval_interval == 0 and self.step < self.total_steps:
-                self.evaluate()
+            excluded += time.time() - aside
         bar.close()
         saved_now = cfg.checkpoint.save_interval and self.step % cfg.checkpoint.save_interval == 0
         if self.step > self.start_step and not saved_now:  # a finished run resumed again has nothing new
             self.save()
-        result = self.evaluate() if self.step >= self.total_steps else {}
+        result = {}
+        if self.step >= self.total_steps:
+            result = final_eval if final_eval is not None else self.evaluate()
         if cfg.logging.save_eval_logits and self.step >= self.total_steps:
             self._save_eval_logits()
         if self.logger is not None:

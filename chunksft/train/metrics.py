@@ -58,7 +58,8 @@ class MetricsLogger:
 
 
 def plot_loss(output_dir: str) -> Optional[str]:
-    """output_dir/loss.png: train loss per step (+ eval loss when logged); None without data."""
+    """output_dir/loss.png: train loss per step (+ eval loss when logged) and, beside it, the held-out
+    answer accuracy at the steps that evaluated it; None without data."""
     steps = _read_jsonl(os.path.join(output_dir, "metrics.jsonl"))
     if not steps:
         return None
@@ -67,7 +68,10 @@ def plot_loss(output_dir: str) -> Optional[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    accuracy = {key: [(r["step"], r[key]) for r in steps if key in r] for key in ("accuracy", "accuracy_refined")}
+    fig, axes = plt.subplots(1, 2 if accuracy["accuracy"] else 1, figsize=(12 if accuracy["accuracy"] else 7, 4),
+                             squeeze=False)
+    ax = axes[0, 0]
     ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=1, label="train loss")
     evals = [r for r in _read_jsonl(os.path.join(output_dir, "eval.jsonl")) if "eval_loss" in r]
     if evals:
@@ -77,6 +81,16 @@ def plot_loss(output_dir: str) -> Optional[str]:
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()
+    if accuracy["accuracy"]:
+        acc_ax = axes[0, 1]
+        for key, label in (("accuracy", "without refinement"), ("accuracy_refined", "with refinement")):
+            if accuracy[key]:
+                acc_ax.plot(*zip(*accuracy[key]), "o-", label=label)
+        acc_ax.set_xlabel("optimizer step")
+        acc_ax.set_ylabel("held-out answer accuracy")
+        acc_ax.set_ylim(0, 1)
+        acc_ax.grid(alpha=0.3)
+        acc_ax.legend()
     path = os.path.join(output_dir, "loss.png")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
