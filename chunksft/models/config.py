@@ -23,6 +23,28 @@ TINY_BACKBONE = dict(
 )
 
 
+def tiny_backbone(hidden_size: int | None = None, num_hidden_layers: int | None = None,
+                  num_attention_heads: int | None = None, intermediate_size: int | None = None) -> dict:
+    """TINY_BACKBONE with a chosen width / depth (None keeps the default). Heads are GQA 2:1 with
+    head_dim = hidden_size / heads; intermediate_size defaults to 2.75 x hidden_size (as 704 / 256)."""
+    fields = dict(TINY_BACKBONE)
+    if hidden_size is not None:
+        fields["hidden_size"] = hidden_size
+        fields["intermediate_size"] = int(round(hidden_size * 2.75 / 16)) * 16
+    if num_hidden_layers is not None:
+        fields["num_hidden_layers"] = num_hidden_layers
+    if num_attention_heads is not None:
+        fields["num_attention_heads"] = num_attention_heads
+        fields["num_key_value_heads"] = max(1, num_attention_heads // 2)
+    if intermediate_size is not None:
+        fields["intermediate_size"] = intermediate_size
+    heads = fields["num_attention_heads"]
+    if fields["hidden_size"] % heads:
+        raise ValueError(f"hidden_size {fields['hidden_size']} must be divisible by num_attention_heads {heads}")
+    fields["head_dim"] = fields["hidden_size"] // heads
+    return fields
+
+
 class HybridConfig(PreTrainedConfig):
     """Configuration of `HybridModel`.
 
@@ -62,8 +84,9 @@ class HybridConfig(PreTrainedConfig):
                             ("confidence_threshold", confidence_threshold)):
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {value}")
-        if not 0.0 < bd3_t_min <= bd3_t_max <= 1.0:
-            raise ValueError(f"bd3_t_min / bd3_t_max must satisfy 0 < t_min <= t_max <= 1, got {bd3_t_min}, {bd3_t_max}")
+        if not 1e-6 <= bd3_t_min <= bd3_t_max <= 1.0:
+            raise ValueError(f"bd3_t_min / bd3_t_max must satisfy 1e-6 <= t_min <= t_max <= 1, got {bd3_t_min}, "
+                             f"{bd3_t_max}")
         if not 1 <= steps_per_chunk <= chunk_size:
             raise ValueError(f"steps_per_chunk must lie in [1, chunk_size={chunk_size}], got {steps_per_chunk}")
         if max_recursive_steps < 1:

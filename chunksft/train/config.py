@@ -47,6 +47,14 @@ class ModelConfig:
     # None = True in chunk_sft (the head trains on a frozen backbone), False otherwise.
     freeze_backbone: Optional[bool] = None
     max_recursive_steps: int = 8
+    # Size of the tiny random backbone (name_or_path: null); null keeps HybridConfig()'s default
+    # (d=256, 4 layers, 4 heads). Heads are GQA 2:1, intermediate size 2.75 x hidden by default.
+    hidden_size: Optional[int] = None
+    num_hidden_layers: Optional[int] = None
+    num_attention_heads: Optional[int] = None
+    intermediate_size: Optional[int] = None
+    # Width of the refinement head's core block (null: HybridConfig's default, 256).
+    head_hidden_size: Optional[int] = None
     backend: Literal["auto", "eager", "cpp", "triton"] = "auto"
     # Compute/storage dtype of the DeepSpeed engine (bf16/fp16 enable DeepSpeed's mixed precision).
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -78,7 +86,8 @@ class DataConfig:
     # Prompts per generate call (generation cost is per forward, nearly flat in the batch size).
     generate_batch_size: int = field(default=64, metadata=_RUN_ONLY)
     max_new_tokens: int = field(default=128, metadata=_RUN_ONLY)
-    # Denoising forwards per generated chunk (stored in the model config as its decoding default).
+    # Denoising forwards per generated chunk, at most chunk_size (one token per forward); stored in
+    # the model config as its decoding default.
     steps_per_chunk: int = field(default=4, metadata=_RUN_ONLY)
 
 
@@ -387,14 +396,18 @@ def validate(cfg: TrainConfig) -> None:
     o, t, d, c, m = cfg.objective, cfg.training, cfg.data, cfg.checkpoint, cfg.model
     need(o.chunk_size > 0, "objective.chunk_size", "must be a positive number of tokens, e.g. 16")
     need(0.0 <= o.mask_probability <= 1.0, "objective.mask_probability", "must be a probability in [0, 1], e.g. 0.3")
-    need(0.0 < o.bd3_t_min <= 1.0, "objective.bd3_t_min", "must lie in (0, 1], e.g. 0.001")
+    need(1e-6 <= o.bd3_t_min <= 1.0, "objective.bd3_t_min", "must lie in [1e-6, 1], e.g. 0.001")
     need(o.bd3_t_min <= o.bd3_t_max <= 1.0, "objective.bd3_t_max", "must lie in [bd3_t_min, 1], e.g. 1.0")
     need(o.deep_supervision_weight >= 0.0, "objective.deep_supervision_weight", "must be >= 0, e.g. 0.3")
     need(m.max_recursive_steps >= 1, "model.max_recursive_steps", "must be >= 1, e.g. 8")
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "head_hidden_size"):
+        need(getattr(m, key) is None or getattr(m, key) > 0, f"model.{key}", "must be a positive integer or null")
+    need(m.hidden_size is None or m.hidden_size % (m.num_attention_heads or 4) == 0, "model.hidden_size",
+         "must be divisible by model.num_attention_heads (default 4)")
     need(d.max_length >= 2 * o.chunk_size, "data.max_length", f"must hold a prompt and a chunk: >= {2 * o.chunk_size}")
     need(d.eval_loss_rows >= 0, "data.eval_loss_rows", "must be >= 0 (0 disables the eval loss)")
     need(d.eval_generate_rows >= 0, "data.eval_generate_rows", "must be >= 0 (0 disables the accuracy eval)")
-    need(1 <= d.steps_per_chunk <= o.chunk_size, "data.steps_per_chunk", f"must lie in [1, chunk_size={o.chunk_size}]")
+    need(d.steps_per_chunk >= 1, "data.steps_per_chunk", "must be >= 1 (at most chunk_size are used), e.g. 16")
     need(d.max_new_tokens > 0, "data.max_new_tokens", "must be positive, e.g. 128")
     need(d.generate_batch_size > 0, "data.generate_batch_size", "must be positive, e.g. 64")
     need(t.batch_size > 0, "training.batch_size", "must be a positive micro batch per rank, e.g. 8")

@@ -18,6 +18,7 @@ import torch
 from transformers.integrations import HfDeepSpeedConfig
 
 from chunksft.models import HybridConfig, HybridModel
+from chunksft.models.config import tiny_backbone
 from chunksft.train.config import REPO_ROOT, ConfigError, TrainConfig
 from chunksft.train.distributed import DistInfo
 
@@ -89,7 +90,8 @@ def check_attention(cfg: TrainConfig) -> None:
 
 def hybrid_kwargs(cfg: TrainConfig, tokenizer) -> dict[str, Any]:
     """HybridConfig fields that the train config decides (chunking, objective, head, backend)."""
-    return dict(chunk_size=cfg.objective.chunk_size, mask_probability=cfg.objective.mask_probability,
+    head = {} if cfg.model.head_hidden_size is None else {"head_hidden_size": cfg.model.head_hidden_size}
+    return dict(**head, chunk_size=cfg.objective.chunk_size, mask_probability=cfg.objective.mask_probability,
                 bd3_t_min=cfg.objective.bd3_t_min, bd3_t_max=cfg.objective.bd3_t_max,
                 steps_per_chunk=min(cfg.data.steps_per_chunk, cfg.objective.chunk_size),
                 deep_supervision_weight=cfg.objective.deep_supervision_weight,
@@ -120,7 +122,9 @@ def build_model(cfg: TrainConfig, ds_config: dict[str, Any], tokenizer) -> tuple
     # With the HfDeepSpeedConfig alive, transformers opens zero.Init itself in `_from_config` /
     # `from_pretrained` and initialises (or loads) every partition gathered module by module.
     if source is None:
-        model = HybridModel._from_config(HybridConfig(**kwargs), dtype=dtype)
+        m = cfg.model
+        backbone = tiny_backbone(m.hidden_size, m.num_hidden_layers, m.num_attention_heads, m.intermediate_size)
+        model = HybridModel._from_config(HybridConfig(backbone=backbone, **kwargs), dtype=dtype)
     elif os.path.isdir(source) and _is_hybrid_folder(source):
         model = HybridModel.from_pretrained(source, dtype=dtype, **kwargs)
     else:

@@ -31,7 +31,7 @@ def train_flags(data_files) -> list[str]:
     return ["--config", "configs/train/tiny.yaml", "--dataset_name", data_files["train"],
             "--eval_dataset_name", data_files["validation"], "--batch_size", "2", "--max_steps", str(STEPS),
             "--warmup_steps", "2", "--save_interval", str(HALF), "--eval_interval", str(HALF), "--keep_last", "3",
-            "--eval_loss_rows", "4", "--eval_generate_rows", "2", "--max_new_tokens", "32",
+            "--eval_loss_rows", "4", "--eval_generate_rows", "2", "--max_new_tokens", "32", "--steps_per_chunk", "2",
             "--progress_bar", "false", "--backend", "eager"]
 
 

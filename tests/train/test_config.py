@@ -11,8 +11,8 @@ def test_default_is_tiny_yaml_and_resolves_mode_defaults():
     assert cfg.objective.training_mode == "chunk_sft"
     assert cfg.objective.chunk_size == 16
     assert cfg.freeze_backbone is True
-    pre = load_config(["--config", f"{REPO_ROOT}/configs/train/tiny_pretrain.yaml"])
-    assert pre.objective.training_mode == "sft" and pre.freeze_backbone is False
+    pre = load_config(["--config", f"{REPO_ROOT}/configs/train/tiny_bd3.yaml"])
+    assert pre.objective.training_mode == "bd3" and pre.freeze_backbone is False
 
 
 @pytest.mark.parametrize("flags, key, value", [
