@@ -7,6 +7,7 @@ function the training loop's periodic evaluation uses too.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import dataclass
 
@@ -70,17 +71,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="test")
     parser.add_argument("--rows", type=int, default=200)
     parser.add_argument("--max_new_tokens", type=int, default=96)
-    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--batch_size", type=int, default=100)
+    parser.add_argument("--output", default=None, help="also write the scores to this JSON file")
     args = parser.parse_args(argv)
 
     from chunksft.data import DataError, build_dataset, load_tokenizer
+    from chunksft.data.holdout import plan_splits
     from chunksft.models import HybridModel
 
     try:
         tokenizer = load_tokenizer(args.model)
         model = HybridModel.from_pretrained(args.model).eval()
-        data, stats = build_dataset(args.dataset, tokenizer=tokenizer, chunk_size=model.config.chunk_size,
-                                    split=args.split, max_rows=args.rows)
+        # Held-out rows only: a single file without splits is evaluated on its question-hash held-out
+        # part, the rows training left out (never on training rows).
+        _, held_out = plan_splits(args.dataset, None, "train", args.split)
+        data, stats = build_dataset(**held_out.kwargs(), tokenizer=tokenizer, chunk_size=model.config.chunk_size,
+                                    max_rows=args.rows)
     except (DataError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -90,6 +96,14 @@ def main(argv: list[str] | None = None) -> int:
                                           batch_size=args.batch_size) for refine in (False, True))
     print(stats.summary())
     print(accuracy_table([(f"{args.dataset}:{args.split} ({len(items)} rows)", plain, refined)]))
+    if args.output:
+        scores = {"dataset": args.dataset, "split": args.split, "rows": len(items),
+                  "accuracy": plain.correct / max(plain.rows, 1), "accuracy_refined": refined.correct / max(refined.rows, 1),
+                  "mean_refinement_steps": refined.refine_steps / max(refined.chunks, 1),
+                  "max_refinement_steps": model.config.max_recursive_steps,
+                  "steps_per_chunk": model.config.steps_per_chunk}
+        with open(args.output, "w") as fh:
+            json.dump(scores, fh, indent=1)
     return 0
 
 
