@@ -5,7 +5,7 @@ import pytest
 
 from chunksft.data import (ANSWER_CLOSE_ID, ANSWER_OPEN_ID, BUNDLED_VOCAB_SIZE, EOS_TOKEN_ID, MASK_TOKEN_ID,
                            PAD_TOKEN_ID, DataError, ReasoningExample, ensure_bundled, load_tokenizer, render)
-from chunksft.data.bundled import LEVEL_SIZES, LEVELS, build, split_path
+from chunksft.data.bundled import DEFAULT_LEVEL, LEVEL_SIZES, LEVELS, build, split_path
 from chunksft.data.bundled.problems import split_of
 
 STEP = re.compile(r"^(\d+) ([-+*/]) (\d+) = (\d+)$")
@@ -43,11 +43,12 @@ def test_splits_sizes_arithmetic_and_disjoint_by_construction(level):
 
 def test_levels_grow_in_difficulty_and_the_default_is_multi_step_two_digit_arithmetic():
     default = read("train")
-    assert default == read("train", "bundled:arith")
+    assert default == read("train", f"bundled:{DEFAULT_LEVEL}")
     ops = {m.group(2) for r in default for m in map(STEP.match, r["steps"])}
     assert ops == {"+", "-", "*"} and {len(r["steps"]) for r in default} == {2}
-    assert all(any(10 <= int(n) <= 99 for n in re.findall(r"\d+", r["question"])) for r in default)
-    assert all(int(n) <= 99 for r in default for step in r["steps"] for n in re.findall(r"\d+", step))
+    operands = [[int(n) for step in r["steps"] for n in STEP.match(step).group(1, 3)] for r in default]
+    assert all(any(10 <= n <= 99 for n in row) for row in operands)  # every row works on a two-digit number
+    assert all(0 <= int(n) <= 99 for r in default for step in r["steps"] for n in re.findall(r"-?\d+", step))
     assert set(LEVELS["sums"]) < set(LEVELS["arith"]) < set(LEVELS["chain"])  # each level adds templates
     assert max(len(r["steps"]) for r in read("train", "bundled:chain")) == 3
     mean_len = {level: sum(len(r["question"]) for r in read("train", f"bundled:{level}")) / LEVEL_SIZES[level]["train"]

@@ -3,12 +3,15 @@
 Each template draws a few small numbers and returns the question, one `a op b = c` step per line
 (2-4 steps) and the final answer. Levels (`LEVELS`), easiest first:
 
+- "small": two-step expressions on a two-digit number with one-digit numbers: sums, differences and
+           one-digit products ("Compute 65 - 6 + 9.", "Compute 4 * 8 + 6."); every number and
+           result within two digits; the default job's level: short rows (a two-chunk response), so a
+           tiny model sees many per CPU-second (~11k distinct problems);
 - "sums":  two-step sums and differences of two-digit numbers, as a bare expression
            ("Compute 23 + 45 - 17.");
 - "arith": two-step expressions over two-digit numbers with sums, differences and small products,
            precedence included ("Compute 35 + 4 * 8.", "Compute 7 * 9 - 48."), every number and
-           result within two digits; the default job's level: short rows (a two-chunk response), so
-           a tiny model sees many per CPU-second;
+           result within two digits;
 - "chain": "arith" plus three-step chains ("Compute 7 * 12 + 35 - 48.");
 - "word":  word problems of 2-4 steps whose numbers must be read out of a sentence (long prompts).
  A problem's *canonical form* is (template, numbers): names and
@@ -224,11 +227,34 @@ def _draw_mul_add_sub(r: random.Random) -> tuple[int, ...]:
     return a, b, c, r.randint(10, a * b + c)
 
 
+def _one_digit(r: random.Random) -> int:
+    return r.randint(2, 9)
+
+
+def _draw_add_sub_small(r: random.Random) -> tuple[int, ...]:
+    return r.randint(10, 90), _one_digit(r), _one_digit(r)
+
+
+def _draw_sub_add_small(r: random.Random) -> tuple[int, ...]:
+    return r.randint(12, 90), _one_digit(r), _one_digit(r)
+
+
+def _draw_mul_add_small(r: random.Random) -> tuple[int, ...]:
+    return (*_small_product(r), _one_digit(r))
+
+
+def _draw_mul_sub_small(r: random.Random) -> tuple[int, ...]:
+    a, b = _small_product(r)
+    return a, b, r.randint(2, min(9, a * b))  # never below zero
+
+
 Template = tuple[Callable[[random.Random], tuple[int, ...]], Callable[..., Problem]]
 _SUMS: dict[str, Template] = {"add_sub": (_draw_add_sub, _add_sub), "sub_add": (_draw_sub_add, _sub_add)}
 _ARITH: dict[str, Template] = {**_SUMS, "mul_add": (_draw_mul_add, _mul_add), "mul_sub": (_draw_mul_sub, _mul_sub),
                                "add_mul": (_draw_add_mul, _add_mul)}
 LEVELS: dict[str, dict[str, Template]] = {
+    "small": {"add_sub": (_draw_add_sub_small, _add_sub), "sub_add": (_draw_sub_add_small, _sub_add),
+              "mul_add": (_draw_mul_add_small, _mul_add), "mul_sub": (_draw_mul_sub_small, _mul_sub)},
     "sums": _SUMS,
     "arith": _ARITH,
     "chain": {**_ARITH, "mul_add_sub": (_draw_mul_add_sub, _mul_add_sub)},
@@ -236,7 +262,7 @@ LEVELS: dict[str, dict[str, Template]] = {
              "shop": (_draw_shop, _shop), "change": (_draw_change, _change), "reading": (_draw_reading, _reading),
              "share": (_draw_share, _share), "savings": (_draw_savings, _savings)},
 }
-DEFAULT_LEVEL = "arith"
+DEFAULT_LEVEL = "small"
 
 
 def split_of(template: str, numbers: tuple[int, ...]) -> str:
