@@ -20,8 +20,9 @@ $(VENV)/.installed: setup.py
 data: install
 	$(BIN)/python -m chunksft.data.bundled
 
+# DATASET=path.jsonl runs the same two-stage job on your own data (README "Training").
 train: data
-	PATH="$(abspath $(BIN)):$$PATH" bash launch/train.sh
+	PATH="$(abspath $(BIN)):$$PATH" DATASET="$(DATASET)" bash launch/train.sh
 
 # CPU benchmark suite (<= 15 min on 2 idle cores): op benches, the end-to-end chunk_sft step (loop vs
 # one-pass eager vs fused, growth exponents, ZeRO-3 1/2 ranks), then the results table of
@@ -40,7 +41,7 @@ bench-learning: data
 	$(BIN)/python benchmarks/bench_learning.py
 
 test: data
-	$(BIN)/python -m pytest -q -x --timeout=900 tests
+	$(BIN)/python -m pytest -q --timeout=900 tests
 
 # The whole fault-injection + bad-input suite (make test runs its fast subset): kills, corrupt
 # checkpoints, disk full, every bad input of DESIGN.md section 5 (README "Guarantees").

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Launch chunksft training with the DeepSpeed launcher.
 #
-#   launch/train.sh                      the default job (make train): stage 1 masked-diffusion
-#                                        pretraining of the tiny backbone (tiny_pretrain.yaml), its
-#                                        export, stage 2 chunk_sft of the refinement head on the
-#                                        frozen backbone (tiny.yaml), then the held-out accuracy table
+#   launch/train.sh                      the default job (make train): stage 1 block-diffusion ("bd3")
+#                                        training of the tiny backbone (tiny_bd3.yaml), its export,
+#                                        stage 2 chunk_sft of the refinement head on the frozen
+#                                        backbone (tiny.yaml), its export, then the held-out test
+#                                        accuracy table (without / with refinement)
 #   launch/train.sh CONFIG [--key value ...]   one run of CONFIG (e.g. configs/train/qwen3_1.7b_sft.yaml)
 #
 # Environment (defaults: one node, 2 ranks, CPU + gloo when no GPU is visible):
@@ -17,6 +18,8 @@
 #                   when HOSTFILE is not given)
 #   MASTER_ADDR     rendezvous address (default 127.0.0.1), MASTER_PORT (default 29500)
 #   OUTPUT_ROOT     where the default job writes (default runs/)
+#   DATASET         the default job on your own data: a .jsonl/.json/.parquet file in any supported
+#                   format (held-out rows: the file's question-hash split) or a hub name
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -82,14 +85,14 @@ fi
 
 # The default job.
 OUT=${OUTPUT_ROOT:-runs}
-launch --config configs/train/tiny_pretrain.yaml --output_dir "$OUT/tiny_pretrain"
-"$PY" -m chunksft.export --checkpoint "$OUT/tiny_pretrain" --output "$OUT/tiny_pretrain/hf"
-launch --config configs/train/tiny.yaml --output_dir "$OUT/tiny" --name_or_path "$OUT/tiny_pretrain/hf"
+DATA=()
+if [[ -n "${DATASET:-}" ]]; then
+    DATA=(--dataset_name "$DATASET")
+fi
+launch --config configs/train/tiny_bd3.yaml --output_dir "$OUT/tiny_bd3" "${DATA[@]}"
+"$PY" -m chunksft.export --checkpoint "$OUT/tiny_bd3" --output "$OUT/tiny_bd3/hf"
+launch --config configs/train/tiny.yaml --output_dir "$OUT/tiny" --name_or_path "$OUT/tiny_bd3/hf" "${DATA[@]}"
 "$PY" -m chunksft.export --checkpoint "$OUT/tiny" --output "$OUT/tiny/hf"
-echo "final held-out evaluation (also in $OUT/tiny/eval.jsonl):"
-"$PY" - "$OUT/tiny/eval.jsonl" <<'PYEOF'
-import json, sys
-from chunksft.train.loop import format_eval
-rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
-print(format_eval(rows[-1]))
-PYEOF
+echo "final held-out evaluation (test rows never seen in training; also in $OUT/tiny/test_accuracy.json):"
+"$PY" -m chunksft.evaluate --model "$OUT/tiny/hf" --dataset "${DATASET:-bundled}" --split test --rows 500 \
+    --output "$OUT/tiny/test_accuracy.json"
