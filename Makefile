@@ -24,9 +24,10 @@ data: install
 train: data
 	PATH="$(abspath $(BIN)):$$PATH" DATASET="$(DATASET)" bash launch/train.sh
 
-# CPU benchmark suite (<= 15 min on 2 idle cores): op benches, the end-to-end chunk_sft step (loop vs
-# one-pass eager vs fused, growth exponents, ZeRO-3 1/2 ranks), then the results table of
-# benchmarks/README.md. Results: benchmarks/results/*.{csv,json,png}.
+# CPU benchmark suite (<= 15 min on 2 idle cores, plus bench-learning's ~8 min, which needs a finished
+# make train): op benches, the end-to-end chunk_sft step (loop vs one-pass eager vs fused, growth
+# exponents, ZeRO-3 1/2 ranks), the results table of benchmarks/README.md, then the hybrid vs a
+# same-size causal LM at equal wall-clock. Results: benchmarks/results/*.{csv,json,png}.
 bench: data
 	$(BIN)/python benchmarks/bench_chunk_mask.py
 	$(BIN)/python benchmarks/bench_chunk_attention.py --reps 2
