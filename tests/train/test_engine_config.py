@@ -42,7 +42,7 @@ def test_inconsistent_json_is_one_line(tmp_path, entry, expected):
     path = tmp_path / "ds.json"
     path.write_text(json.dumps(ds))
     with pytest.raises(ConfigError) as info:
-        engine.deepspeed_config(load_config(["--deepspeed_config", str(path)]), world_size=2)
+        engine.deepspeed_config(load_config(["--deepspeed_config", str(path), "--batch_size", "8"]), world_size=2)
     assert expected in str(info.value) and str(path) in str(info.value) and "\n" not in str(info.value)
 
 
