@@ -25,7 +25,7 @@ from chunksft.objectives.chunk_sft import chunk_sft_loss, masked_token_ce
 from chunksft.objectives.diffusion import diffusion_loss
 from chunksft.ops import chunk_mask, diffusion_mask, linear_cross_entropy
 from chunksft.ops.chunk_attention import compact_positions
-from chunksft.ops.chunk_mask import IGNORE_INDEX, ChunkMask, chunk_positions, num_chunks
+from chunksft.ops.chunk_mask import IGNORE_INDEX, ChunkMask, chunk_positions
 from chunksft.ops.linear_cross_entropy import rows_per_block
 
 TRAINING_MODES = ("pretrain", "sft", "bd3", "chunk_sft")
@@ -295,7 +295,7 @@ class HybridModel(PreTrainedModel):
         """Block diffusion of the backbone: every response chunk is noised at its own rate t."""
         self._check_chunk_mode("bd3", prompt_lens, attention_layout)
         cfg = self.config
-        batch, seq_len = input_ids.shape
+        batch = input_ids.shape[0]
         drawn = chunk_mask(input_ids, prompt_lens, chunk_size=cfg.chunk_size, mask_prob=1.0,
                            mask_id=cfg.mask_token_id, generator=generator, backend=cfg.backend,
                            attention_mask=attention_mask, token_rate=(cfg.bd3_t_min, cfg.bd3_t_max))
@@ -303,8 +303,7 @@ class HybridModel(PreTrainedModel):
                                                                             prompt_lens)
         masked = drawn.labels[rows, token_pos] != IGNORE_INDEX                 # [M, C]
         rate = drawn.chunk_rate[index[:, 0], index[:, 1]][:, None].expand_as(masked)
-        seq_lens = torch.full_like(prompt_lens, seq_len) if attention_mask is None else attention_mask.sum(dim=1)
-        response_tokens = num_chunks(prompt_lens.long(), seq_lens.long(), cfg.chunk_size) * cfg.chunk_size
+        response_tokens = drawn.chunk_masked.sum(dim=1) * cfg.chunk_size  # mask_prob=1 selects every whole chunk
         weights = block_diffusion_token_weights(rows[masked], rate[masked], response_tokens, batch)
         targets = input_ids[rows, token_pos][masked]
         loss, pred, _ = self.lm_loss(self.final_norm(chunk_states[masked]), self.lm_head.weight, targets,

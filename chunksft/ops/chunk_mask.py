@@ -64,16 +64,6 @@ def chunk_positions(prompt_lens: torch.Tensor, seq_len: int, chunk_size: int, n_
     return (prompt_lens.long()[:, None, None] + offsets[None]).clamp_(max=max(seq_len - 1, 0))
 
 
-def expand_chunk_mask(chunk_masked: torch.Tensor, prompt_lens: torch.Tensor, seq_len: int,
-                      chunk_size: int) -> torch.Tensor:
-    """Per-chunk flags [B, N] -> per-token flags bool [B, L] (prompt and tail positions False)."""
-    rel = torch.arange(seq_len, device=prompt_lens.device)[None, :] - prompt_lens.long()[:, None]
-    chunk = torch.div(rel, chunk_size, rounding_mode="floor")
-    inside = (rel >= 0) & (chunk < chunk_masked.shape[1])
-    gathered = torch.gather(chunk_masked, 1, chunk.clamp(0, max(chunk_masked.shape[1] - 1, 0)))
-    return inside & gathered
-
-
 def draw_chunk_mask(n_chunks: torch.Tensor, max_chunks: int, mask_prob: float,
                     generator: torch.Generator | None = None) -> torch.Tensor:
     """Bernoulli(mask_prob) per chunk; a row that drew none gets one uniformly chosen chunk.

@@ -81,7 +81,7 @@ def test_masked_fraction_per_chunk_matches_rate(token_rate, backend):
 def test_whole_chunk_rate_is_the_chunk_draw():
     # token_rate = (1, 1) (the default) is exactly the whole-chunk masking: the chunk draw alone,
     # expanded over the chunk, t = 1 on selected chunks; no extra generator draws.
-    from chunksft.ops.chunk_mask import chunk_mask_eager, draw_chunk_mask, expand_chunk_mask, num_chunks
+    from chunksft.ops.chunk_mask import chunk_mask_eager, draw_chunk_mask, num_chunks
 
     ids, attn, prompts = rows([5, 19, 32, 1, 9], [4, 3, 6, 1, 0], tails=[3, 0, 7, 15, 11])
     for seed in range(5):
@@ -96,7 +96,10 @@ def test_whole_chunk_rate_is_the_chunk_draw():
         n = num_chunks(prompts, attn.sum(1), 16)
         chunks = draw_chunk_mask(n, int(n.max()), 0.4, g)
         assert torch.equal(torch.rand(3, generator=g), after), "(1, 1) draws nothing beyond the chunk draw"
-        whole = expand_chunk_mask(chunks, prompts, ids.shape[1], 16)
+        whole = torch.zeros_like(ids, dtype=torch.bool)  # every token of every selected chunk, spelled out
+        for b, j in chunks.nonzero().tolist():
+            start = int(prompts[b]) + 16 * j
+            whole[b, start:start + 16] = True
         assert torch.equal(out.chunk_masked, chunks) and torch.equal(out.chunk_rate, chunks.float())
         assert torch.equal(out.input_ids, torch.where(whole, torch.full_like(ids, MASK), ids))
         assert torch.equal(out.labels, torch.where(whole, ids, torch.full_like(ids, -100)))
