@@ -182,7 +182,7 @@ class Trainer:
         nonfinite_run = 0
         started = time.time()
         excluded = 0.0  # seconds spent in evaluation and saving, left out of train_seconds
-        final_eval = None
+        final_eval, saved_at = None, self.step
         while self.step < stop:
             sums: dict[str, float] = {}
             lr = self.engine.get_lr()[0]  # the rate this step's update uses (the schedule advances in step())
@@ -223,21 +223,23 @@ class Trainer:
             if grad_norm is not None:
                 row["grad_norm"] = float(grad_norm)
             aside = time.time()
+            final = self.step >= self.total_steps
+            # Save before evaluating: a failure in evaluation never costs trained steps.
+            if (cfg.checkpoint.save_interval and self.step % cfg.checkpoint.save_interval == 0) or final:
+                self.save()
+                saved_at = self.step
             # Held-out metrics join the step's row (metrics.jsonl, TensorBoard, the plot beside the loss).
-            if (t.eval_interval and self.step % t.eval_interval == 0) or self.step >= self.total_steps:
+            if (t.eval_interval and self.step % t.eval_interval == 0) or final:
                 evaluated = self.evaluate()
                 row.update({k: v for k, v in evaluated.items() if k != "step"})
-                final_eval = evaluated if self.step >= self.total_steps else None
+                final_eval = evaluated if final else None
             if self.logger is not None:
                 self.logger.log("metrics", row)
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", refresh=False)
-            if cfg.checkpoint.save_interval and self.step % cfg.checkpoint.save_interval == 0:
-                self.save()
             excluded += time.time() - aside
         bar.close()
-        saved_now = cfg.checkpoint.save_interval and self.step % cfg.checkpoint.save_interval == 0
-        if self.step > self.start_step and not saved_now:  # a finished run resumed again has nothing new
+        if self.step > self.start_step and saved_at != self.step:  # a finished run resumed again has nothing new
             self.save()
         result = {}
         if self.step >= self.total_steps:
