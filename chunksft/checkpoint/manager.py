@@ -38,6 +38,8 @@ _TAG = re.compile(r"^global_step(\d+)$")
 #   after_shard    right after this rank wrote its first checkpoint file (other shards, marker missing)
 #   before_marker  rank 0, every rank's files written, before the COMPLETE marker
 #   before_prune   rank 0, marker written, before older tags are pruned
+#   sigterm        the training loop sends SIGTERM to its own rank right after optimizer step STEP
+#                  (chunksft/train/loop.py: the graceful stop path, deterministically)
 FAULT_ENV = "CHUNKSFT_FAULT"
 
 
@@ -244,7 +246,7 @@ def check_config_hash(point: ResumePoint, config_hash: str, config: dict, allow_
 
 
 # ---------------------------------------------------------------------------------------------- faults
-def _fault_here(point: str, step: int, rank: int) -> bool:
+def fault_here(point: str, step: int, rank: int) -> bool:
     """True when CHUNKSFT_FAULT names this point of the save of `step` on `rank` (see FAULT_ENV)."""
     spec = os.environ.get(FAULT_ENV, "")
     if not spec:
@@ -297,7 +299,7 @@ class CheckpointManager:
         dist.barrier()
         states = [None] * self.world_size
         dist.all_gather_object(states, rng_state())
-        if _fault_here("after_shard", step, self.rank):
+        if fault_here("after_shard", step, self.rank):
             _kill_after_first_file(engine)
         try:
             engine.save_checkpoint(self.root, tag=tag, client_state={**client_state, "rng": states})
@@ -318,11 +320,11 @@ class CheckpointManager:
         crcs = [None] * self.world_size
         dist.all_gather_object(crcs, mine)
         if self.rank == 0:
-            if _fault_here("before_marker", step, 0):
+            if fault_here("before_marker", step, 0):
                 _kill_self()
             write_marker(tag_dir, {**meta, "step": step, "world_size": self.world_size, "time": time.time()},
                          {rel: crc for part in crcs for rel, crc in part.items()})
-            if _fault_here("before_prune", step, 0):
+            if fault_here("before_prune", step, 0):
                 _kill_self()
             self._prune()
         dist.barrier()
