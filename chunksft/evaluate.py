@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from chunksft.data.template import extract_answer
+from chunksft.generate import flag_below_one
 
 
 @dataclass
@@ -74,14 +75,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch_size", type=int, default=100)
     parser.add_argument("--output", default=None, help="also write the scores to this JSON file")
     args = parser.parse_args(argv)
+    bad_flag = flag_below_one(args, rows="the number of held-out rows to evaluate",
+                              max_new_tokens="the number of tokens to generate per row",
+                              batch_size="the number of rows per generate call")
+    if bad_flag:
+        print(f"error: {bad_flag}", file=sys.stderr)
+        return 2
 
-    from chunksft.data import DataError, build_dataset, load_tokenizer
+    from chunksft.data import DataError, build_dataset
     from chunksft.data.holdout import plan_splits
-    from chunksft.models import HybridModel
+    from chunksft.export import ExportFolderError, load_export
 
     try:
-        tokenizer = load_tokenizer(args.model)
-        model = HybridModel.from_pretrained(args.model).eval()
+        model, tokenizer = load_export(args.model)
+    except ExportFolderError as exc:
+        print(f"error: --model {exc}", file=sys.stderr)
+        return 2
+    try:
         # Held-out rows only: a single file without splits is evaluated on its question-hash held-out
         # part, the rows training left out (never on training rows).
         _, held_out = plan_splits(args.dataset, None, "train", args.split)

@@ -42,6 +42,16 @@ def _predict(model, tokenizer, questions: list[str], *, refine: bool, max_new_to
     return records
 
 
+def flag_below_one(args: argparse.Namespace, **meaning: str) -> str | None:
+    """The one-line error for the first of the integer flags `meaning` (dest -> what it counts) whose
+    value is below 1, or None."""
+    for dest, what in meaning.items():
+        value = getattr(args, dest)
+        if value < 1:
+            return f"--{dest} {value}: {what} must be at least 1; pass --{dest} N with N >= 1"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m chunksft.generate", description=__doc__.splitlines()[2])
     parser.add_argument("--model", required=True, help="an exported HF folder (python -m chunksft.export)")
@@ -60,11 +70,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--input needs --output FILE")
     if args.input is None and args.output is not None:
         parser.error("--output goes with --input FILE")
-    if args.batch_size < 1:
-        parser.error("--batch_size must be >= 1")
+    bad_flag = flag_below_one(args, max_new_tokens="the number of tokens to generate",
+                              batch_size="the number of questions per generate call")
+    if bad_flag:
+        print(f"error: {bad_flag}", file=sys.stderr)
+        return 2
 
-    from chunksft.data import DataError, encode_prompt, iter_questions, load_tokenizer
-    from chunksft.models import HybridModel
+    from chunksft.data import DataError, encode_prompt, iter_questions
+    from chunksft.export import ExportFolderError, load_export
 
     questions = None
     if args.input is not None:
@@ -74,10 +87,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --input {exc}", file=sys.stderr)
             return 2
     try:
-        tokenizer = load_tokenizer(args.model)
-        model = HybridModel.from_pretrained(args.model).eval()
-    except (OSError, ValueError) as exc:
-        print(f"error: --model {args.model}: {exc}", file=sys.stderr)
+        model, tokenizer = load_export(args.model)
+    except ExportFolderError as exc:
+        print(f"error: --model {exc}", file=sys.stderr)
         return 2
 
     if questions is not None:

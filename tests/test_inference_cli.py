@@ -1,20 +1,26 @@
 """python -m chunksft.generate / chunksft.evaluate on an exported folder."""
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from chunksft import evaluate, generate
 from chunksft.data import extract_answer, load_tokenizer
+from chunksft.export import save_export
 from chunksft.models import HybridConfig, HybridModel
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
+    """The folder `python -m chunksft.export` writes (HybridModel, tokenizer, model card, backbone/),
+    of a randomly initialised model."""
     out = tmp_path_factory.mktemp("hf")
     torch.manual_seed(0)
-    HybridModel(HybridConfig(max_recursive_steps=2)).save_pretrained(out)
-    load_tokenizer().save_pretrained(out)
+    save_export(HybridModel(HybridConfig(max_recursive_steps=2)), load_tokenizer(), str(out),
+                source="a randomly initialised model (test fixture)")
     return str(out)
 
 
@@ -81,3 +87,80 @@ def test_generate_input_row_without_question_is_one_line(exported, tmp_path, cap
     assert len(errors) == 1 and errors[0].startswith("error: --input")  # (progress bars aside)
     assert f"{src} line 3" in errors[0] and "no question" in errors[0]  # the blank line 2 is not a row
     assert not out.exists()
+
+
+def _one_error_line(err: str) -> str:
+    """The only `error` line of a CLI's stderr (progress bars aside), without a traceback."""
+    errors = [line for line in err.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+@pytest.mark.parametrize("cli, flags", [(generate, ["--prompt", "What is 1 + 1?"]), (evaluate, ["--rows", "2"])],
+                         ids=["generate", "evaluate"])
+def test_bare_backbone_folder_is_refused(exported, cli, flags, capsys):
+    """backbone/ loaded as a HybridModel would get a random head and print a table: one line, exit 2."""
+    assert cli.main(["--model", f"{exported}/backbone", *flags]) == 2
+    captured = capsys.readouterr()
+    line = _one_error_line(captured.err)
+    assert line.startswith(f"error: --model {exported}/backbone: config.json has model_type 'qwen3'")
+    assert "not its backbone/" in line and captured.out == ""
+
+
+def _copy_export(exported, tmp_path):
+    copy = tmp_path / "hf"
+    shutil.copytree(exported, copy)
+    return copy
+
+
+def test_export_without_head_weights_is_refused(exported, tmp_path, capsys):
+    copy = _copy_export(exported, tmp_path)
+    weights = load_file(copy / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("head.")}, copy / "model.safetensors",
+              metadata={"format": "pt"})
+    assert generate.main(["--model", str(copy), "--prompt", "What is 1 + 1?"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"{copy}: " in line and "weight(s) missing from the folder (they would be random), e.g. head." in line
+
+
+def _tokenizer_with_more_tokens(tokenizer):
+    tokenizer.add_tokens([f"extra{i}" for i in range(600)])  # 512 embedding rows
+
+
+def _tokenizer_padding_with_eos(tokenizer):
+    tokenizer.pad_token = tokenizer.eos_token  # pad id 1, the model pads with 0
+
+
+@pytest.mark.parametrize("change, expected", [
+    (_tokenizer_with_more_tokens, "the tokenizer has 1112 tokens but the model 512 embedding rows"),
+    (_tokenizer_padding_with_eos, "the tokenizer's pad_token_id is 1, the model config's 0"),
+], ids=["vocabulary", "special_ids"])
+def test_tokenizer_that_does_not_fit_the_model_is_refused(exported, tmp_path, change, expected, capsys):
+    copy = _copy_export(exported, tmp_path)
+    tokenizer = load_tokenizer(str(copy))
+    change(tokenizer)
+    tokenizer.save_pretrained(copy)
+    assert evaluate.main(["--model", str(copy), "--rows", "2"]) == 2
+    captured = capsys.readouterr()
+    line = _one_error_line(captured.err)
+    assert expected in line and "use the tokenizer exported with the model" in line and captured.out == ""
+
+
+@pytest.mark.parametrize("cli, flags, expected", [
+    (evaluate, ["--rows", "0"], "error: --rows 0: the number of held-out rows to evaluate must be at least 1"),
+    (generate, ["--prompt", "x", "--max_new_tokens", "0"],
+     "error: --max_new_tokens 0: the number of tokens to generate must be at least 1"),
+], ids=["evaluate_rows", "generate_max_new_tokens"])
+def test_nothing_to_do_is_one_line(exported, cli, flags, expected, capsys):
+    assert cli.main(["--model", exported, *flags]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip().startswith(expected) and "\n" not in captured.err.strip() and captured.out == ""
+
+
+def test_export_folder_has_a_model_card(exported):
+    card = (Path(exported) / "README.md").read_text()
+    for needed in ("HybridModel.from_pretrained", "python -m chunksft.generate --model DIR", "bidirectional",
+                   "`backbone/` is weights only", "not valid"):
+        assert needed in card
+    backbone_card = (Path(exported) / "backbone" / "README.md").read_text()
+    assert "weights only" in backbone_card and "not valid" in backbone_card
