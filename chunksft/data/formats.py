@@ -14,6 +14,9 @@ name (optionally `name:config`, e.g. `openai/gsm8k:main`). Each row is mapped by
   output is just the answer).
 - messages ([{role, content}]): question = the last user turn; the first assistant turn after it
   gives an `<answer>` tag's content as answer (lines before it = steps), else last line = answer.
+  `content` is a string or a list of parts (`[{"type": "text", "text": ...}]`, the OpenAI /
+  Hugging Face chat format) whose texts are concatenated as chat templates do; a non-text part
+  (image, audio...) is a DataError naming the row.
 - text (a fully rendered row): split at the marker line (rows without it are rejected and
   counted, never guessed), answer from the `<answer>` tag; re-rendered canonically.
 
@@ -108,12 +111,34 @@ def _alpaca(row: _Row) -> ReasoningExample | Rejection:
     return ReasoningExample(_alpaca_question(row), steps, answer)
 
 
+def _content_text(row: _Row, i: int, content: Any) -> str:
+    """The text of `messages[i].content`: a string, or a list of text parts concatenated."""
+    if isinstance(content, str):
+        return content
+    key = f"messages[{i}].content"
+    if not isinstance(content, list):
+        raise row.error(key, f"has type {type(content).__name__}", "give a string or a list of "
+                        "{'type': 'text', 'text': ...} parts")
+    texts = []
+    for j, part in enumerate(content):
+        if not isinstance(part, dict):
+            raise row.error(f"{key}[{j}]", f"is a {type(part).__name__}", "write {'type': 'text', 'text': ...}")
+        if part.get("type") != "text":
+            raise row.error(f"{key}[{j}]", f"is a part of type {part.get('type')!r}, but only text parts are "
+                            "supported", "drop the non-text parts (or the row)")
+        if not isinstance(part.get("text"), str):
+            raise row.error(f"{key}[{j}]", "needs a string 'text'", "fix the part")
+        texts.append(part["text"])
+    return "".join(texts)
+
+
 def _last_user_turn(row: _Row) -> tuple[list[dict], int]:
-    """-> (turns, index of the last user turn)."""
-    turns = row.get("messages", kind=list)
-    for i, turn in enumerate(turns):
+    """-> (turns as {"role", "content": text}, index of the last user turn)."""
+    turns = []
+    for i, turn in enumerate(row.get("messages", kind=list)):
         if not isinstance(turn, dict) or not isinstance(turn.get("role"), str) or turn.get("content") is None:
             raise row.error(f"messages[{i}]", "needs string 'role' and 'content'", "fix the conversation")
+        turns.append({"role": turn["role"], "content": _content_text(row, i, turn["content"])})
     users = [i for i, t in enumerate(turns) if t["role"] == "user"]
     if not users:
         raise row.error("messages", "has no user turn", "add a {'role': 'user', ...} message")
@@ -189,6 +214,8 @@ def _diagnose_json(path: str) -> DataError | None:
         col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
         return DataError(f"{path} line {line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {col}); "
                          f"re-encode the file as UTF-8")
+    if not text.strip():
+        return DataError(f"{path}: the file is empty; put the rows in it (JSONL: one JSON object per line)")
     if text.lstrip().startswith("["):  # a JSON array file
         try:
             json.loads(text)
@@ -207,7 +234,23 @@ def _diagnose_json(path: str) -> DataError | None:
         if not isinstance(value, dict):
             return DataError(f"{path} line {number}: expected a JSON object, got {type(value).__name__}; "
                              f"write one object per line")
+        key = _lone_surrogate_key(value)
+        if key is not None:
+            return DataError(f"{path} line {number}: field {key!r} holds a lone UTF-16 surrogate (a \\ud800-\\udfff "
+                             "escape without its pair), which is not valid Unicode; fix the escape or delete that line")
     return None
+
+
+def _lone_surrogate_key(value: Any, key: str = "") -> str | None:
+    """Key path (e.g. `messages[1].content`) of the first string holding a lone surrogate: JSON's
+    `\\ud800` escapes decode to one, while a valid high+low pair decodes to a single character."""
+    if isinstance(value, str):
+        return key if any("\ud800" <= char <= "\udfff" for char in value) else None
+    if isinstance(value, dict):
+        children = ((f"{key}.{name}" if key else name, child) for name, child in value.items())
+    else:
+        children = ((f"{key}[{i}]", child) for i, child in enumerate(value if isinstance(value, list) else ()))
+    return next((found for path, child in children if (found := _lone_surrogate_key(child, path)) is not None), None)
 
 
 def _jsonl_line_numbers(path: str) -> list[int]:

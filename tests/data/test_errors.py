@@ -94,3 +94,26 @@ def test_missing_local_file(tmp_path, tokenizer):
     with pytest.raises(DataError) as excinfo:
         build_dataset(str(tmp_path / "nope.jsonl"), tokenizer=tokenizer)
     assert "nope.jsonl: does not exist" in one_line_error(excinfo)
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n"], ids=["zero-bytes", "blank-lines"])
+def test_empty_file_is_named(tmp_path, tokenizer, content):
+    path = tmp_path / "empty.jsonl"
+    path.write_text(content)
+    with pytest.raises(DataError) as excinfo:
+        build_dataset(str(path), tokenizer=tokenizer)
+    assert one_line_error(excinfo) == f"{path}: the file is empty; put the rows in it (JSONL: one JSON object per line)"
+
+
+@pytest.mark.parametrize("escape", ["\\ud800", "\\udc00"], ids=["lone-high", "lone-low"])
+def test_lone_surrogate_names_line_and_key(tmp_path, tokenizer, escape):
+    """JSON allows a `\\ud800` escape without its pair, which no UTF-8 text can hold: the file line and
+    the key are named. A valid pair (the emoji of line 1) is fine."""
+    path = tmp_path / "surrogate.jsonl"
+    path.write_text(GOOD.replace('"q"', '"q \\ud83d\\ude00"')
+                    + '{"question": "q", "steps": ["1 + 1 = 2", "x ' + escape + ' y"], "answer": "2"}\n')
+    with pytest.raises(DataError) as excinfo:
+        build_dataset(str(path), tokenizer=tokenizer)
+    message = one_line_error(excinfo)
+    assert message.startswith(f"{path} line 2: field 'steps[1]' holds a lone UTF-16 surrogate")
+    assert "fix the escape or delete that line" in message

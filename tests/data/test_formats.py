@@ -1,6 +1,6 @@
 import pytest
 
-from chunksft.data import ReasoningExample, build_dataset, iter_examples
+from chunksft.data import DataError, ReasoningExample, build_dataset, iter_examples, iter_questions
 from chunksft.data.formats import Rejection
 
 
@@ -58,6 +58,37 @@ def test_messages_last_user_turn_and_assistant_reply(jsonl):
     assert second == Rejection("no_assistant_turn")
 
 
+def test_messages_content_as_a_list_of_text_parts(jsonl):
+    """The OpenAI / Hugging Face chat format: content as [{"type": "text", "text": ...}] parts,
+    concatenated; mixed with string contents in one file (Arrow stores such a column as JSON)."""
+    def text(*texts):
+        return [{"type": "text", "text": t} for t in texts]
+
+    path = jsonl([
+        {"messages": [{"role": "system", "content": "Be brief."},
+                      {"role": "user", "content": text("What is ", "2 + 3?")},
+                      {"role": "assistant", "content": text("2 + 3 = 5\n", "<answer>5</answer>")}]},
+        {"messages": [{"role": "user", "content": "What is 2 + 4?"},
+                      {"role": "assistant", "content": "<answer>6</answer>"}]},
+    ])
+    assert examples(path) == [ReasoningExample("What is 2 + 3?", ["2 + 3 = 5"], "5"),
+                              ReasoningExample("What is 2 + 4?", [], "6")]
+    assert [q for _, q in iter_questions(path)] == ["What is 2 + 3?", "What is 2 + 4?"]
+
+
+def test_messages_non_text_part_is_one_line_naming_row_and_part(jsonl):
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+    path = jsonl([{"messages": [{"role": "user", "content": [{"type": "text", "text": "q"}]},
+                                {"role": "assistant", "content": "<answer>1</answer>"}]},
+                  {"messages": [{"role": "user", "content": [{"type": "text", "text": "What is shown?"}, image]},
+                                {"role": "assistant", "content": "<answer>1</answer>"}]}])
+    for read in (iter_examples, iter_questions):
+        with pytest.raises(DataError) as err:
+            list(read(path))
+        assert str(err.value) == (f"{path} line 2: field 'messages[0].content[1]' is a part of type 'image_url', but "
+                                  "only text parts are supported; drop the non-text parts (or the row)")
+
+
 def test_plain_schema_jsonl_and_parquet_agree(jsonl, tmp_path):
     import datasets
 
@@ -96,8 +127,6 @@ def test_auto_detects_format_from_columns(rows, fmt):
 
 
 def test_iter_questions_reads_only_the_question_of_every_format(jsonl):
-    from chunksft.data import DataError, iter_questions
-
     cases = {
         "plain": ({"question": " Q1 ", "steps": ["a"], "answer": "1"}, "Q1"),
         "question only": ({"question": "Q2"}, "Q2"),
