@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 
 from chunksft.checkpoint.manager import CHECKPOINTS, CheckpointError, newest_complete, read_marker, validate_tag
 
@@ -99,6 +100,25 @@ def resolve_checkpoint(checkpoint: str, tag: str | None) -> tuple[str, str]:
     return root, tag
 
 
+class OutputError(ValueError):
+    """--output cannot be the export folder (one line naming it and the fix)."""
+
+
+def check_output_folder(output: str) -> None:
+    """`output` must be a folder, or a path where one can be created, that takes files; checked
+    without writing anything, before the (slow) consolidation."""
+    existing = os.path.abspath(output)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    subject = f"--output {output}" + ("" if existing == os.path.abspath(output) else f": {existing}")
+    if not os.path.isdir(existing):
+        raise OutputError(f"{subject} is a file; pass a folder path (created when missing)")
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as exc:
+        raise OutputError(f"{subject} is not writable ({exc.strerror}); pass a writable folder") from None
+
+
 def export(checkpoint: str, output: str, tag: str | None = None) -> str:
     """Write the HF folder for `checkpoint` (see module docstring) and return its path."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
@@ -106,6 +126,7 @@ def export(checkpoint: str, output: str, tag: str | None = None) -> str:
     from chunksft.data import load_tokenizer
     from chunksft.models import HybridConfig, HybridModel
 
+    check_output_folder(output)
     root, tag = resolve_checkpoint(checkpoint, tag)
     marker = read_marker(os.path.join(root, tag))
     state = get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)
@@ -210,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         out = export(args.checkpoint, args.output, args.tag)
-    except CheckpointError as exc:
+    except (CheckpointError, OutputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"exported {out} (HybridModel and tokenizer; model card {os.path.join(out, MODEL_CARD)}; "

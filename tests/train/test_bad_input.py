@@ -144,3 +144,18 @@ def test_tokenizer_without_mask_token_and_resume_none_keep_saved_work(out_with_c
     (replaced,) = (out / "checkpoints").glob(f"global_step{HALF}.replaced-*")
     assert tree_digest(replaced) == {k.split("/", 1)[1]: v for k, v in before.items() if "/" in k}
     assert (out / "checkpoints" / f"global_step{HALF}" / "COMPLETE").exists()
+
+
+@pytest.mark.parametrize("make_output,problem", [
+    pytest.param(lambda t: _file(t, "model", "a file"), " is a file; pass a folder path", id="file"),
+    pytest.param(lambda t: "/sys/chunksft_export", ": /sys is not writable", id="read-only",
+                 marks=pytest.mark.faults_full)])
+def test_export_to_a_file_or_read_only_place_is_one_line(tmp_path, make_output, problem):
+    """export checks --output before it reads the checkpoint: a file in its place, or a place that
+    takes no files (sysfs refuses them even to root), is one line, exit 2; nothing is written."""
+    output = Path(make_output(tmp_path))
+    before = output.read_bytes() if output.exists() else None
+    proc = run(module_cmd("chunksft.export", "--checkpoint", str(tmp_path), "--output", str(output)), check=False)
+    assert proc.returncode == 2
+    assert_one_error_line(proc, f"--output {output}{problem}")
+    assert (output.read_bytes() if output.exists() else None) == before
