@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from chunksft.checkpoint.pickles import pickle_problem
+
 MARKER = "COMPLETE"
 CHECKPOINTS = "checkpoints"
 UNIVERSAL_SUFFIX = "_universal"
@@ -100,8 +102,9 @@ def validate_tag(tag_dir: str) -> Optional[str]:
     """None when the tag is complete and every file is intact; otherwise why not (one line).
 
     Sizes from the marker, the CRC-32 of every file (markers written before CRCs were recorded
-    skip this), and every ``*.pt`` opened memory-mapped (a torch zip archive whose tail is cut or
-    garbled fails to open).
+    skip this), then every ``*.pt`` in the folder, recorded in the marker or not (DeepSpeed's loaders
+    glob it), opened memory-mapped with the weights-only unpickler (`pickle_problem`: no pickled code
+    runs; a torch zip archive whose tail is cut or garbled fails to open).
     """
     marker = read_marker(tag_dir)
     if marker is None:
@@ -115,11 +118,9 @@ def validate_tag(tag_dir: str) -> Optional[str]:
         crc = marker.get("crc32", {}).get(rel)
         if crc is not None and file_crc(path) != crc:
             return f"{path}: CRC-32 {file_crc(path)}, the marker recorded {crc} (the file was modified or corrupted)"
-        if path.endswith(".pt"):
-            try:
-                torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-            except Exception as exc:  # any unpickling / zip error means the shard is unusable
-                return f"{path}: unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+    for rel in tag_files(tag_dir):
+        if rel.endswith(".pt") and (problem := pickle_problem(os.path.join(tag_dir, rel))):
+            return problem
     return None
 
 

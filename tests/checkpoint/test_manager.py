@@ -9,6 +9,7 @@ import torch
 from chunksft.checkpoint.manager import (CheckpointError, CheckpointManager, check_config_hash, find_resume,
                                          list_tags, newest_complete, validate_tag, write_marker)
 from chunksft.train.config import load_config
+from planted_code import WritesFile, plant_code
 
 
 def make_tag(root, step, *, complete=True, world_size=2, config_hash="h"):
@@ -61,6 +62,27 @@ def test_damaged_shard_is_detected(tmp_path, damage):
     else:
         shard.unlink()
     assert "zero_pp_rank_1" in validate_tag(str(tag_dir))
+
+
+@pytest.mark.parametrize("where", ["recorded", "unrecorded"])
+def test_code_in_a_checkpoint_pickle_is_refused_without_running_it(tmp_path, where):
+    """A .pt whose pickle would write a file, listed in a matching marker or added after the save
+    (DeepSpeed's loaders glob the folder): validation refuses it and the file is never written."""
+    tag_dir = make_tag(tmp_path, 3)
+    canary = tmp_path / "canary"
+    if where == "recorded":
+        shard = tag_dir / "zero_pp_rank_1_mp_rank_00_model_states.pt"
+        plant_code(shard, canary)
+    else:
+        shard = tag_dir / "zero_pp_rank_2_mp_rank_00_optim_states.pt"
+        torch.save({"planted": WritesFile(canary)}, shard)
+    problem = validate_tag(str(tag_dir))
+    assert problem.startswith(f"{shard}: refused without loading it") and "checkpoints you trust" in problem
+    with pytest.raises(CheckpointError, match="refused without loading it"):
+        find_resume(str(tag_dir), str(tmp_path), 2)
+    assert not canary.exists()
+    torch.load(shard, weights_only=False)  # what DeepSpeed's loaders would do without the check
+    assert canary.exists()
 
 
 def test_only_corrupt_checkpoints_fail_loudly(tmp_path):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from launching import HALF, STEPS, assert_same_weights, module_cmd, read_jsonl, run
+from planted_code import plant_code
 
 
 def test_reference_run_logs_and_checkpoints(run_a):
@@ -83,6 +84,26 @@ def test_export_reproduces_engine_logits(run_a, tmp_path):
     assert type(backbone).__module__.startswith("transformers.")
     for name, tensor in backbone.state_dict().items():
         torch.testing.assert_close(tensor, model.backbone.state_dict()[name])
+    card = (out / "README.md").read_text()
+    assert f"global_step{STEPS}` (step {STEPS})" in card and "`backbone/` is weights only" in card
+
+
+def test_code_in_a_checkpoint_is_never_run(run_a, tmp_path, train_flags):
+    """run_a's tag with a pickle that would write a file (marker re-written to match): export,
+    universal conversion and resume each stop with one line, and the file never appears."""
+    tag_dir = tmp_path / "checkpoints" / f"global_step{HALF}"
+    shutil.copytree(run_a / "checkpoints" / f"global_step{HALF}", tag_dir)
+    canary = tmp_path / "canary"
+    plant_code(tag_dir / "zero_pp_rank_0_mp_rank_00_model_states.pt", canary)
+    for cmd in (module_cmd("chunksft.export", "--checkpoint", str(tmp_path), "--output", str(tmp_path / "hf")),
+                module_cmd("chunksft.checkpoint.universal", "--checkpoint", str(tmp_path)),
+                module_cmd("chunksft.train", *train_flags, "--output_dir", str(tmp_path), "--resume", str(tag_dir))):
+        proc = run(cmd, check=False)
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error")]
+        assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert "model_states.pt: refused without loading it" in errors[0]
+        assert not canary.exists()
+    assert not (tmp_path / "hf").exists() and not tag_dir.with_name(tag_dir.name + "_universal").exists()
 
 
 def test_export_of_a_missing_checkpoint_is_one_line(tmp_path):
