@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 
 from chunksft.train.config import ConfigError, help_text, load_config
+from chunksft.train.preflight import preflight
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         cfg = load_config(argv)
+        preflight(cfg)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -67,8 +67,16 @@ CASES = {
     "checkpoint-config-mismatch": (lambda t: ["--learning_rate", "5e-4"], "training.learning_rate"),  # 1-rank resume
     "checkpoint-chunk-size-mismatch": (lambda t: ["--chunk_size", "8"], "objective.chunk_size"),
     "flash-attn-on-cpu": (lambda t: ["--attn_implementation", "flash_attention_2"], "flash"),
+    "float16-on-cpu": (lambda t: ["--dtype", "float16"], "use --dtype float32 or --dtype bfloat16 on CPU"),
+    "offline-hub-backbone": (lambda t: ["--name_or_path", "chunksft-tests/no-such-model"],
+                             "'chunksft-tests/no-such-model' is not a local folder, and offline mode is on"),
+    "backbone-folder-without-config": (lambda t: ["--name_or_path", str(t)], "the folder has no config.json"),
 }
-FAST = {"unknown-flag", "bad-probability", "checkpoint-chunk-size-mismatch"}  # malformed-json: unit-tested in tests/data
+FAST = {"unknown-flag", "bad-probability", "checkpoint-chunk-size-mismatch", "float16-on-cpu",
+        "offline-hub-backbone"}  # malformed-json, empty file, lone surrogate, chat parts: tested in tests/data
+# Environment of a case's run: the hub case runs in offline mode (same error path as a machine
+# without network, without waiting for retries, and whatever the hub holds).
+CASE_ENV = {"offline-hub-backbone": {"HF_HUB_OFFLINE": "1"}}
 
 
 def assert_one_error_line(proc, expected: str) -> None:
@@ -98,7 +106,7 @@ def test_bad_input_is_one_line_and_loses_nothing(case, out_with_checkpoint, trai
     out, before = out_with_checkpoint
     make_flags, expected = CASES[case]
     flags = _with([*train_flags, "--output_dir", str(out)], make_flags(out.parent))
-    proc = run(module_cmd("chunksft.train", *flags), check=False, log=out.parent / "cli.log")
+    proc = run(module_cmd("chunksft.train", *flags), check=False, log=out.parent / "cli.log", env=CASE_ENV.get(case))
     assert_one_error_line(proc, expected)
     assert tree_digest(out / "checkpoints") == before
 
