@@ -45,7 +45,7 @@ test: data
 	$(BIN)/python -m pytest -q --timeout=900 tests
 
 # The whole fault-injection + bad-input suite (make test runs its fast subset): kills, corrupt
-# checkpoints, disk full, every bad input of DESIGN.md section 5 (README "Guarantees").
+# checkpoints, disk full, every bad input of docs/design.md §5 (README "Guarantees").
 test-faults: data
 	$(BIN)/python -m pytest -q --timeout=1800 --faults -m faults tests
 

@@ -1,4 +1,4 @@
-"""Learning vs an autoregressive baseline at equal wall-clock (issue 12 item 4, DESIGN.md section 4).
+"""Learning vs an autoregressive baseline at equal wall-clock (issue 12 item 4, docs/design.md §4).
 
     make train                                   # first: the hybrid (writes runs/tiny_bd3, runs/tiny)
     python benchmarks/bench_learning.py          # = make bench-learning

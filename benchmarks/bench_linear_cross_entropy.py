@@ -1,6 +1,6 @@
 """Linear cross-entropy: eager (fp32 logits + F.cross_entropy) vs the row-blocked fused paths.
 
-Default shape = DESIGN.md §4 (N=2048, H=1024, V=151936, fp32, fwd+bwd). Reports time, peak extra
+Default shape = docs/design.md §4 (N=2048, H=1024, V=151936, fp32, fwd+bwd). Reports time, peak extra
 memory (RSS on CPU, allocator on CUDA) and the relative error of loss and gradients vs eager.
 
     python benchmarks/bench_linear_cross_entropy.py             # CPU: eager vs chunked vs cpp (csrc/)

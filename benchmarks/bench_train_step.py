@@ -1,7 +1,7 @@
 """End-to-end chunk_sft training step: per-chunk loop vs one-pass eager vs one-pass fused, and ZeRO-3 ranks.
 
 Part "single" (one process, `torch.set_num_threads(--threads)`, default 1): one training step =
-forward + backward (gradients zeroed first; no optimizer update, like the DESIGN §4 anchor) of
+forward + backward (gradients zeroed first; no optimizer update, like the docs/design.md §4 anchor) of
   loop   the naive per-chunk loop (`chunksft.objectives.chunk_sft.per_chunk_loop`: one block_causal
          forward per masked chunk, eager backend) + the same loss;
   eager  one bd3 pass, backend="eager", compact_noisy_stream=False: SDPA + dense [2L, 2L] mask (the anchor);
@@ -48,7 +48,7 @@ sys.path.insert(0, str(BENCH_DIR))
 from harness import RESULTS, Row, fit_exponent, machine, plot_scaling, report, time_interleaved  # noqa: E402
 
 PROMPT, CHUNK = 64, 16
-ANCHOR_L = PROMPT + 32 * CHUNK  # DESIGN §4: prompt 64 + 32 chunks of 16
+ANCHOR_L = PROMPT + 32 * CHUNK  # docs/design.md §4: prompt 64 + 32 chunks of 16
 ANCHOR = {"loop_s": 3.66, "eager_s": 0.47, "ratio": 7.8, "fused_target": 12.0}
 PROVIDERS = ("loop", "eager", "fused", "head")  # head: the refinement head alone (same in all three)
 
@@ -248,7 +248,7 @@ def write_single(results: list[dict], meta: dict) -> None:
     for train in sorted({r["train"] for r in anchor}):
         got = {r["provider"]: r["ms"] / 1e3 for r in anchor if r["train"] == train}
         if {"loop", "eager", "fused"} <= set(got):
-            print(f"\nDESIGN §4 anchor (tiny, L={ANCHOR_L}, {train} backbone): loop {got['loop']:.3f} s, eager "
+            print(f"\ndocs/design.md §4 anchor (tiny, L={ANCHOR_L}, {train} backbone): loop {got['loop']:.3f} s, eager "
                   f"{got['eager']:.3f} s ({got['loop'] / got['eager']:.2f}x; anchor {ANCHOR['ratio']}x, target >= 7x), "
                   f"fused {got['fused']:.3f} s ({got['loop'] / got['fused']:.2f}x; target >= {ANCHOR['fused_target']}x) "
                   f"-> fused/eager {got['eager'] / got['fused']:.2f}x")

@@ -1,7 +1,9 @@
 """python -m chunksft.evaluate --model HF_DIR [--dataset bundled] [--split test] [--rows N]
 
-Held-out answer accuracy of an exported model, decoded chunk by chunk without and with the
-refinement head, plus the mean number of refinement steps per chunk. `answer_accuracy` is the
+Held-out answer accuracy of an exported model, without and with the refinement head.
+
+Each held-out row is decoded chunk by chunk twice, without and with the refinement head; the table
+also gives the mean number of refinement steps per generated chunk. `answer_accuracy` is the
 function the training loop's periodic evaluation uses too.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """python -m chunksft.generate --model HF_DIR (--prompt "question" | --input FILE --output FILE) [--refine]
 
-Decodes answers chunk by chunk (DESIGN.md §1 inference). The prompt is wrapped in the training
-template unless --raw is given.
+Decodes answers chunk by chunk (docs/design.md §1.8) for one question or a file of questions.
+The question is wrapped in the training template unless --raw is given.
 
 Batch prediction: --input reads a .jsonl/.json/.parquet file in any supported data format (only
 each row's question is used; a row without one is a one-line error naming the file and the row,

@@ -1,4 +1,4 @@
-"""The chunk_sft text layout (DESIGN.md §1).
+"""The chunk_sft text layout (docs/design.md §1.2).
 
     Question: {question}\\n\\nLet's solve this step by step:\\n{step 1}\\n{step 2}...\\n<answer>{answer}</answer>
 

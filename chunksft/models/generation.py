@@ -1,6 +1,6 @@
 """Chunk-by-chunk diffusion decoding under the block_causal layout.
 
-Decoding shows the model only states it was trained on (DESIGN.md §1):
+Decoding shows the model only states it was trained on (docs/design.md §1.8):
 - without refinement, a new chunk starts as C mask tokens and is unmasked over `steps_per_chunk`
   forwards by LLaDA low-confidence remasking (each step commits the most confident still-masked
   positions). A partly unmasked chunk is what "bd3" training shows the backbone; a backbone trained

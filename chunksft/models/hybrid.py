@@ -1,6 +1,6 @@
 """HybridModel: a frozen-or-trainable bidirectional HF backbone + the recursive refinement head.
 
-Modes (DESIGN.md §1):
+Modes (docs/design.md §1):
   * "pretrain" / "sft": LLaDA masked diffusion over a bidirectional pass (`objectives/diffusion.py`).
   * "chunk_sft": chunk masking, ONE backbone pass over `[x_t ; x_0]` under the bd3 layout, the head
     on the masked chunks, deep-supervised loss (`objectives/chunk_sft.py`).

@@ -1,4 +1,4 @@
-"""Block-diffusion loss of the "bd3" mode (BD3-LM style, DESIGN.md §1).
+"""Block-diffusion loss of the "bd3" mode (BD3-LM style, docs/design.md §1.7).
 
 Every response chunk j of row b draws a rate t_bj and masks each of its tokens w.p. t_bj (at least
 one); the x_t stream is predicted in one pass under the bd3 layout (clean previous chunks visible):

@@ -1,4 +1,4 @@
-"""Backend resolution shared by the op dispatchers (DESIGN.md §2).
+"""Backend resolution shared by the op dispatchers (docs/design.md §2.1).
 
 backend: "eager" (the reference), "triton", "cpp", "auto" (triton on CUDA, cpp on CPU when a C++
 implementation is registered, else eager). `CHUNKSFT_BACKEND=eager` in the environment forces the

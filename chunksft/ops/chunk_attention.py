@@ -664,7 +664,7 @@ def chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, prompt
                     chunk_size: int = 16, layout: str = "bd3", backend: str = "auto",
                     seq_lens: torch.Tensor | None = None, scale: float | None = None,
                     chunk_index: torch.Tensor | None = None) -> torch.Tensor:
-    """Chunk attention (DESIGN.md §1 layouts). Shapes as in `chunk_attention_eager`.
+    """Chunk attention (docs/design.md §1.5 layouts). Shapes as in `chunk_attention_eager`.
 
     layout: "bd3" | "block_causal" | "bidirectional" | "compact" (needs `chunk_index` int [B, NM]:
     increasing masked chunk ids per row, -1 padded; S = NM*C + L; see the module docstring).

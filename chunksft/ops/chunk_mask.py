@@ -386,7 +386,7 @@ def chunk_mask(input_ids: torch.Tensor, prompt_lens: torch.Tensor, *, chunk_size
                mask_id: int, generator: torch.Generator | None = None, backend: str = "auto",
                attention_mask: torch.Tensor | None = None, chunk_masked: torch.Tensor | None = None,
                seed: int | None = None, token_rate: tuple[float, float] = (1.0, 1.0)) -> ChunkMask:
-    """Mask response chunks (DESIGN.md §1): whole chunks, or tokens inside them at a per-chunk rate
+    """Mask response chunks (docs/design.md §1.4): whole chunks, or tokens inside them at a per-chunk rate
     t ~ U(*token_rate) (bd3). See `chunk_mask_eager` for shapes.
 
     backend: "eager" | "cpp" | "triton" | "auto" ("auto": triton on CUDA, else eager / cpp).

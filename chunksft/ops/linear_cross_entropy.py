@@ -230,7 +230,7 @@ def linear_cross_entropy_fused(hidden: torch.Tensor, weight: torch.Tensor, targe
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
                          token_weights: torch.Tensor | None = None, ignore_index: int = -100,
                          reduction: str = "mean", backend: str = "auto") -> torch.Tensor:
-    """Cross-entropy of `hidden @ weight.T` (DESIGN.md §2). Contract: `linear_cross_entropy_eager`.
+    """Cross-entropy of `hidden @ weight.T` (docs/design.md §2.1). Contract: `linear_cross_entropy_eager`.
 
     backend: "auto" (triton on CUDA, cpp on CPU when built, else eager), "eager", "triton", "cpp", or
     "chunked" (row-blocked PyTorch: the reference's result without the [N, V] logits; the memory-saving

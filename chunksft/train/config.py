@@ -5,7 +5,7 @@ import it cheaply.
 
 Resolution order (later wins): dataclass defaults -> ``--config`` YAML -> CLI flags. A flag is
 either a dotted ``--section.key value`` or a bare ``--key value`` for any key whose name is
-unique across sections (this covers the DESIGN.md run flags and the seed's flag names, e.g.
+unique across sections (this covers the run flags of docs/design.md §2.4 and the seed's flag names, e.g.
 ``--chunk_size 16``, ``--freeze_backbone``). ``--key=value`` works too; a boolean flag without a
 value means ``true``. Values are parsed as YAML scalars and then checked against the field type.
 

@@ -2,7 +2,7 @@
 
 No GPU needed: `triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))` produces the
 cubin and triton's bundled `cuobjdump --dump-resource-usage` reads REG / STACK / LOCAL from it
-(DESIGN.md §6). The compiler cannot run under TRITON_INTERPRET, which the other ops tests set, so
+(docs/design.md §6). The compiler cannot run under TRITON_INTERPRET, which the other ops tests set, so
 the compiles run in subprocesses with it removed (two shards in parallel; triton's cache makes
 reruns fast).
 """

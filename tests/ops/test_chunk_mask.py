@@ -1,4 +1,4 @@
-"""Semantics of the eager chunk_mask / diffusion_mask references (DESIGN.md §1)."""
+"""Semantics of the eager chunk_mask / diffusion_mask references (docs/design.md §1.3, §1.4)."""
 import math
 
 import pytest

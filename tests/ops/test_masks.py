@@ -1,4 +1,4 @@
-"""The dense layouts of `chunk_attention_mask` checked position by position against DESIGN.md §1."""
+"""The dense layouts of `chunk_attention_mask` checked position by position against docs/design.md §1.5."""
 import pytest
 import torch
 

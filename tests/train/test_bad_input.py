@@ -1,4 +1,4 @@
-"""Bad-input matrix through the real CLI (DESIGN.md §5, issue 8): every row must end with exactly one
+"""Bad-input matrix through the real CLI (docs/design.md §5, issue 8): every row must end with exactly one
 `error...` line on stderr naming the problem (no traceback without DEBUG=1), a non-zero exit code,
 and the checkpoint already in the output_dir byte-identical.
 

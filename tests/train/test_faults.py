@@ -1,6 +1,6 @@
 """Fault injection on real 2-rank DeepSpeed ZeRO-3 runs (CPU, gloo): kill, corrupt, fill the disk, resume.
 
-Every fault ends with a relaunch under `--resume auto` and two checks (issue 8, DESIGN.md §5):
+Every fault ends with a relaunch under `--resume auto` and two checks (issue 8, docs/design.md §5):
 - the final weights equal the uninterrupted reference run_a's bit for bit (with deterministic CPU
   settings a run resumed from an older checkpoint reaches the same weights, so this also covers the
   faults that destroy the newest checkpoint);
