@@ -21,6 +21,7 @@
 #   DATASET         the default job on your own data: a .jsonl/.json/.parquet file in any supported
 #                   format (held-out rows: the file's question-hash split) or a hub name
 set -euo pipefail
+source "$(dirname "$0")/caller_paths.sh"   # before the cd: paths relative to the caller
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python}
@@ -61,7 +62,7 @@ check_hostfile() {  # check_hostfile FILE: every node resolves and NNODES fits, 
 }
 
 launch() {  # launch ARGS... : python -m chunksft.train ARGS under the deepspeed launcher
-    local hostfile=${HOSTFILE:-}
+    local hostfile=${HOSTFILE:+$(caller_path "$HOSTFILE")}
     local args=(--master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT")
     if [[ -n "${NODE_RANK:-}" ]]; then
         if [[ -z "$hostfile" ]]; then
@@ -75,16 +76,21 @@ launch() {  # launch ARGS... : python -m chunksft.train ARGS under the deepspeed
     else
         args+=(--num_gpus "$NPROC_PER_NODE")
     fi
-    deepspeed "${args[@]}" --module chunksft.train "$@"
+    # Ctrl-C reaches every process of the terminal's group: each rank finishes its step, saves and
+    # stops with one line, and DeepSpeed's launcher waits for them. The `deepspeed` runner above it
+    # has no handler on one node and would die with a KeyboardInterrupt traceback: it ignores SIGINT.
+    (trap '' INT; exec deepspeed "${args[@]}" --module chunksft.train "$@")
 }
 
 if [[ $# -gt 0 ]]; then
-    launch --config "$@"
+    caller_args --config "$@"
+    launch "${CALLER_ARGS[@]}"
     exit
 fi
 
 # The default job.
-OUT=${OUTPUT_ROOT:-runs}
+OUT=$(_caller_value output_dir "${OUTPUT_ROOT:-runs}")
+DATASET=${DATASET:+$(caller_path "$DATASET")}
 DATA=()
 if [[ -n "${DATASET:-}" ]]; then
     DATA=(--dataset_name "$DATASET")

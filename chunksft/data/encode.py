@@ -14,9 +14,11 @@ one chunk is always skipped (counted) or raises under `error`.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 from typing import Iterable
 
+import numpy as np
 import torch
 
 from chunksft.data.errors import DataError, DataStats
@@ -103,6 +105,15 @@ class ChunkDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         return self.rows[index]
+
+    def fingerprint(self) -> str:
+        """sha256 (16 hex digits) of the encoded rows in order: token ids and prompt lengths. It changes
+        with the data file's content, the tokenizer, the template, the chunk size or the row filter."""
+        digest = hashlib.sha256()
+        for row in self.rows:
+            digest.update(np.asarray([row["prompt_len"], len(row["input_ids"])], dtype=np.int64).tobytes())
+            digest.update(np.asarray(row["input_ids"], dtype=np.int64).tobytes())
+        return digest.hexdigest()[:16]
 
 
 def build_dataset(source: str | None = None, *, tokenizer=None, chunk_size: int = 16,

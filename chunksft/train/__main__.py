@@ -28,14 +28,24 @@ def main(argv: list[str] | None = None) -> int:
 
     dist_info = setup_distributed()
     from chunksft.train.loop import NonFiniteLossError, run
+    from chunksft.train.stopping import TrainingStopped
 
     try:
         run(cfg, dist_info)
     except (ConfigError, CheckpointError, DataError, NonFiniteLossError) as exc:
         print(f"error (rank {dist_info.rank}): {exc}", file=sys.stderr, flush=True)
         return 2
+    except TrainingStopped as exc:  # every rank saved the same step; one line is enough
+        if dist_info.is_main:
+            print(str(exc), file=sys.stderr, flush=True)
+        return exc.exit_code
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C before the graceful-stop handlers were installed, or a second Ctrl-C
+        print("interrupted (Ctrl-C): stopped at once without saving; complete checkpoints are intact",
+              file=sys.stderr, flush=True)
+        sys.exit(130)

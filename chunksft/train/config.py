@@ -140,10 +140,17 @@ class TrainingConfig:
 @dataclass
 class CheckpointConfig:
     save_interval: int = field(default=0, metadata=_RUN_ONLY)  # 0 = save only at the end
+    # Also save when this many minutes passed since the last save (0 = never by time), so a long
+    # run is never far from its last checkpoint; SIGTERM / SIGINT save as well.
+    save_every_minutes: float = field(default=30.0, metadata=_RUN_ONLY)
     keep_last: int = field(default=2, metadata=_RUN_ONLY)
     # "auto" = newest complete checkpoint in output_dir (none: start fresh); a path = that
-    # checkpoint (a run folder or one of its tags); "none" = start fresh (existing tags are kept).
+    # checkpoint (a run folder or one of its tags); "none" = start fresh. A fresh start moves the
+    # files of a run already in output_dir to output_dir/previous_runs/<time>/ (nothing is deleted).
     resume: str = field(default="auto", metadata=_RUN_ONLY)
+    # Resume although the training rows differ from the checkpoint's (content fingerprint); the
+    # epoch then restarts at the beginning of the new data.
+    allow_data_change: bool = field(default=False, metadata=_RUN_ONLY)
     # Resume even if the checkpoint was written by a different (hashed) configuration.
     allow_config_mismatch: bool = field(default=False, metadata=_RUN_ONLY)
 
@@ -267,7 +274,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             return float(value)
     elif annotation is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
+            # "~/runs" means the home folder, as in a shell (a quoted YAML value is not expanded by one).
+            return os.path.expanduser(value) if str(value).startswith("~") else str(value)
     else:
         raise TypeError(f"unsupported config annotation {annotation!r}")
     raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}")
@@ -284,10 +292,24 @@ def _set(cfg: TrainConfig, dotted: str, value: Any, source: str) -> None:
     setattr(obj, key, _coerce(value, _resolve(type(obj), key), f"{source}: {dotted}"))
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that rejects a key given twice in one mapping (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"{self.name}: line {key_node.start_mark.line + 1}: key '{key}' given twice "
+                                  f"(first on line {seen[key]}); keep one")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def _apply_yaml(cfg: TrainConfig, path: str) -> None:
     try:
         with open(path) as fh:
-            raw = yaml.safe_load(fh) or {}
+            raw = yaml.load(fh, Loader=_StrictLoader) or {}
     except FileNotFoundError:
         raise ConfigError(f"--config {path}: file not found; pass a YAML under configs/train/") from None
     except yaml.YAMLError as exc:
@@ -352,11 +374,15 @@ def _parse_flags(argv: list[str]) -> tuple[Optional[str], list[tuple[str, Any, s
             config_path = text
             continue
         dotted = _flag_key(name)
+        section, key = dotted.split(".")
+        annotation = _resolve(_sections()[section], key)
         if text is None:
-            section, key = dotted.split(".")
-            if _resolve(_sections()[section], key) not in (bool, Optional[bool]):
+            if annotation not in (bool, Optional[bool]):
                 raise ConfigError(f"--{name} needs a value (e.g. --{name} <value>)")
             value: Any = True
+        elif annotation in (str, Optional[str]):
+            # Text fields take the text as typed: YAML would turn "0x10" into 16 and "1e3" into 1000.0.
+            value = None if annotation == Optional[str] and text.lower() in ("null", "none") else text
         else:
             try:
                 value = yaml.safe_load(text)
@@ -425,6 +451,7 @@ def validate(cfg: TrainConfig) -> None:
     need(t.max_nonfinite_in_a_row >= 1, "training.max_nonfinite_in_a_row", "must be >= 1")
     need(t.eval_interval >= 0, "training.eval_interval", "must be >= 0 (0 = only at the end)")
     need(c.save_interval >= 0, "checkpoint.save_interval", "must be >= 0 (0 = only at the end)")
+    need(c.save_every_minutes >= 0.0, "checkpoint.save_every_minutes", "must be >= 0 (0 = no time-based saves)")
     need(c.keep_last >= 1, "checkpoint.keep_last", "must keep at least 1 checkpoint")
     need(bool(c.resume), "checkpoint.resume", "must be auto, none or a checkpoint path")
     need(cfg.logging.debug_interval >= 1, "logging.debug_interval", "must be >= 1")

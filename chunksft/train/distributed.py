@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -47,6 +47,8 @@ def setup_distributed() -> DistInfo:
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
     import deepspeed  # noqa: E402  (after DS_ACCELERATOR is set)
 
+    if not cuda:
+        skip_shm_comm_build()
     backend = "nccl" if cuda else "gloo"
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if cuda:
@@ -62,6 +64,21 @@ def setup_distributed() -> DistInfo:
     return DistInfo(dist.get_rank(), world_size, local_rank, local_world_size, device, backend)
 
 
+def skip_shm_comm_build() -> None:
+    """Keep DeepSpeed from JIT-compiling its shared-memory CPU communication op at start-up.
+
+    On CPU, `deepspeed.init_distributed` compiles `deepspeed_shm_comm` on a machine's first start
+    (1-3 silent minutes), and a build interrupted midway leaves a lock under ~/.cache/torch_extensions
+    on which every later start waits forever. That op serves only `inference_all_reduce` (tensor-
+    parallel inference); ZeRO-3 training communicates through torch.distributed (gloo), so marking
+    the op unavailable, the state DeepSpeed itself falls back to on platforms without it, changes no
+    collective that training runs.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def all_mean(values: torch.Tensor) -> torch.Tensor:
     """Elementwise mean of a float tensor over all ranks (a copy; the input is untouched)."""
     out = values.detach().clone().float()
@@ -74,6 +91,28 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     value = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item() > 0)
+
+
+def max_over_ranks(values: list[float], device: torch.device) -> list[float]:
+    """Elementwise maximum of `values` over all ranks: several agreements for one all-reduce."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.tolist()
+
+
+def on_main(fn: Callable[[], Any]) -> Any:
+    """Run `fn` on rank 0 only (it reads or writes shared files); every rank returns its result, or
+    raises the exception it raised, so all ranks take the same path."""
+    outcome = None
+    if dist.get_rank() == 0:
+        try:
+            outcome = fn()
+        except Exception as exc:
+            outcome = exc
+    outcome = broadcast_from_main(outcome)
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
 
 
 def broadcast_from_main(obj: Any) -> Any:

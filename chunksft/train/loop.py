@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import sys
 import time
 from typing import Iterator, Optional
@@ -19,14 +20,16 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from chunksft.checkpoint.manager import CheckpointManager, check_config_hash, find_resume
-from chunksft.data import ChunkCollator, StatefulDistributedSampler, build_dataset, debug_view, load_tokenizer
+from chunksft.checkpoint.manager import CheckpointManager, check_config_hash, fault_here, find_resume
+from chunksft.data import ChunkCollator, DataError, StatefulDistributedSampler, build_dataset, debug_view, load_tokenizer
 from chunksft.evaluate import answer_accuracy
 from chunksft.ops.chunk_mask import ChunkMask
 from chunksft.train.config import TrainConfig
-from chunksft.train.distributed import DistInfo, all_mean, any_rank, broadcast_from_main
+from chunksft.train.distributed import DistInfo, all_mean, any_rank, broadcast_from_main, max_over_ranks, on_main
 from chunksft.train.engine import build_engine, check_attention
 from chunksft.train.metrics import MetricsLogger
+from chunksft.train.run_folder import RunLock, move_previous_run
+from chunksft.train.stopping import StopSignals, TrainingStopped, signal_name
 
 # Stream tags of the noise generators: training micro batches and evaluation batches never share one.
 _TRAIN_STREAM, _EVAL_STREAM = 0, 1
@@ -62,20 +65,22 @@ class NonFiniteLossError(RuntimeError):
 
 
 class Trainer:
-    """One training run: `Trainer(cfg, dist_info).train()` on every rank."""
+    """One training run: `Trainer(cfg, dist_info, signals).train()` on every rank, with the output
+    folder locked (see `run`); `signals` records SIGTERM / SIGINT for a graceful stop."""
 
-    def __init__(self, cfg: TrainConfig, dist_info: DistInfo):
-        self.cfg, self.dist = cfg, dist_info
+    def __init__(self, cfg: TrainConfig, dist_info: DistInfo, signals: StopSignals):
+        self.cfg, self.dist, self.signals = cfg, dist_info, signals
         self.out_dir = cfg.training.output_dir
         self.mode = cfg.objective.training_mode
         check_attention(cfg)
         seed_everything(cfg.training.seed)
         set_deterministic(cfg.training.deterministic)
-        os.makedirs(self.out_dir, exist_ok=True)
         # Masked diffusion needs a mask token; HF tokenizers without one get it appended (the
         # backbone's embedding rows past the tokenizer's length are free for it, checked in build_model).
         self.tokenizer = load_tokenizer(cfg.data.tokenizer, add_mask_token=True)
         self.train_set, self.eval_set = self._datasets()
+        self.data_identity = {"rows": len(self.train_set), "fingerprint": self.train_set.fingerprint()}
+        self.data_changed = False
         self.sampler = StatefulDistributedSampler(self.train_set, dist_info.world_size, dist_info.rank,
                                                   shuffle=True, seed=cfg.training.seed)
         self.collate = ChunkCollator(self.tokenizer.pad_token_id, cfg.objective.chunk_size)
@@ -84,6 +89,13 @@ class Trainer:
         self.total_steps = t.max_steps or max(1, t.num_epochs * micro_per_epoch // t.gradient_accumulation_steps)
 
         self.resume_point = self._resolve_resume()
+        if self.resume_point is None or os.path.abspath(self.resume_point.ckpt_root) != \
+                os.path.abspath(os.path.join(self.out_dir, "checkpoints")):
+            # A new run in this folder (fresh, or continuing another folder's checkpoint): the files
+            # of the run that was here go aside as a whole, so two runs never mix.
+            moved = on_main(lambda: move_previous_run(self.out_dir))
+            if moved:
+                self.print(f"{self.out_dir} held another run: moved its files to {moved}")
         self.engine, self._hf_ds = build_engine(cfg, dist_info, self.tokenizer, self.total_steps,
                                                 load_universal=bool(self.resume_point and self.resume_point.universal))
         self.model = self.engine.module
@@ -119,33 +131,50 @@ class Trainer:
     def _resolve_resume(self):
         """Rank 0 picks (and if needed converts) the checkpoint; every rank gets the same answer or error."""
         c = self.cfg.checkpoint
-        decision = None
 
         def check(point) -> None:  # before any universal conversion: a mismatched checkpoint is left as it is
             warning = check_config_hash(point, self.cfg.hash(), self.cfg.hashed_dict(), c.allow_config_mismatch)
             if warning:
                 self.print(warning)
+            self.data_changed = self._data_changed(point)
 
-        if self.dist.is_main:
-            try:
-                decision = find_resume(c.resume, self.out_dir, self.dist.world_size, check=check)
-            except Exception as exc:  # any failure (also inside the universal conversion) must reach every rank
-                decision = exc
-        decision = broadcast_from_main(decision)
-        if isinstance(decision, Exception):
-            raise decision
-        return decision
+        # Any failure (also inside the universal conversion) reaches every rank.
+        point = on_main(lambda: find_resume(c.resume, self.out_dir, self.dist.world_size, check=check))
+        self.data_changed = bool(point) and broadcast_from_main(self.data_changed)
+        return point
 
     def _load(self, point) -> None:
         state = self.ckpt.load(self.engine, point)
         self.step, self.epoch = state["step"], state["epoch"]
         self.micro_index, self.skipped = state["micro_index"], state["skipped"]
-        self.sampler.load_state_dict(state["sampler"])
-        if state["sampler"]["consumed"] >= state["sampler"]["dataset_len"]:
-            self.epoch += 1  # saved right at the end of an epoch: continue with the next one
+        if self.data_changed:
+            self.epoch += 1  # --allow_data_change: the new rows start with a fresh epoch
+        else:
+            try:
+                self.sampler.load_state_dict(state["sampler"])
+            except ValueError as exc:  # a checkpoint from before the data fingerprint, on other rows
+                raise DataError(f"{os.path.join(point.ckpt_root, point.tag)}: {exc}") from None
+            if state["sampler"]["consumed"] >= state["sampler"]["dataset_len"]:
+                self.epoch += 1  # saved right at the end of an epoch: continue with the next one
         where = "universal " if point.universal else ""
         self.print(f"resumed from {where}checkpoint {os.path.join(point.ckpt_root, point.tag)} at step {self.step} "
                    f"(saved by {point.marker['world_size']} ranks, now {self.dist.world_size})")
+
+    def _data_changed(self, point) -> bool:
+        """Whether the checkpoint was trained on other rows (its marker's data fingerprint); a change
+        stops the run unless --allow_data_change. Markers without a fingerprint (older runs) pass here
+        and are compared by row count when the sampler state loads."""
+        saved = point.marker.get("data")
+        if saved is None or saved == self.data_identity:
+            return False
+        line = (f"{os.path.join(point.ckpt_root, point.tag)} was trained on other rows ({saved['rows']} rows, "
+                f"fingerprint {saved['fingerprint']}; this run has {self.data_identity['rows']} rows, "
+                f"fingerprint {self.data_identity['fingerprint']})")
+        if not self.cfg.checkpoint.allow_data_change:
+            raise DataError(line + ": resume with the same data file, tokenizer and max_length, or pass "
+                                   "--allow_data_change true to continue on the new rows from a fresh epoch")
+        self.print(f"warning: {line}; continuing on the new rows from a fresh epoch (--allow_data_change)")
+        return True
 
     def print(self, *args) -> None:
         if self.dist.is_main:
@@ -173,6 +202,7 @@ class Trainer:
                    f"{self.dist.world_size} rank(s) holding {info['local_elements']} elements each, "
                    f"{self.dist.backend}; {self.total_steps} optimizer steps of "
                    f"{t.batch_size}x{t.gradient_accumulation_steps}x{self.dist.world_size} rows")
+        self._stop_if_signalled(saved=None)  # a signal during the setup: nothing trained yet
         if t.eval_at_start:
             self.evaluate()
         stop = min(self.total_steps, t.stop_at_step or self.total_steps)
@@ -183,6 +213,8 @@ class Trainer:
         started = time.time()
         excluded = 0.0  # seconds spent in evaluation and saving, left out of train_seconds
         final_eval, saved_at = None, self.step
+        last_save = time.time()
+        save_every = cfg.checkpoint.save_every_minutes * 60.0
         while self.step < stop:
             sums: dict[str, float] = {}
             lr = self.engine.get_lr()[0]  # the rate this step's update uses (the schedule advances in step())
@@ -214,6 +246,8 @@ class Trainer:
                     sums[key] = sums.get(key, 0.0) + float(value.detach())
                 done_micro += 1
             self.step += 1
+            if fault_here("sigterm", self.step, self.dist.rank):
+                os.kill(os.getpid(), signal.SIGTERM)
             keys = sorted(sums)
             means = all_mean(torch.tensor([sums[k] / t.gradient_accumulation_steps for k in keys]))
             row = {"step": self.step, **dict(zip(keys, means.tolist())), "lr": lr,
@@ -224,10 +258,21 @@ class Trainer:
                 row["grad_norm"] = float(grad_norm)
             aside = time.time()
             final = self.step >= self.total_steps
+            # One agreement of all ranks per step: a signal on any rank, or the save clock.
+            signalled, save_due = max_over_ranks(
+                [float(self.signals.received or 0), float(bool(save_every) and aside - last_save >= save_every)],
+                self.dist.device)
             # Save before evaluating: a failure in evaluation never costs trained steps.
-            if (cfg.checkpoint.save_interval and self.step % cfg.checkpoint.save_interval == 0) or final:
+            if (cfg.checkpoint.save_interval and self.step % cfg.checkpoint.save_interval == 0) or final \
+                    or signalled or save_due:
                 self.save()
-                saved_at = self.step
+                saved_at, last_save = self.step, time.time()
+            if signalled:
+                if self.logger is not None:
+                    self.logger.log("metrics", row)
+                    self.logger.close(plot=False)
+                bar.close()
+                self._stop_if_signalled(saved=self.step, signum=int(signalled))
             # Held-out metrics join the step's row (metrics.jsonl, TensorBoard, the plot beside the loss).
             if (t.eval_interval and self.step % t.eval_interval == 0) or final:
                 evaluated = self.evaluate()
@@ -252,6 +297,19 @@ class Trainer:
                 self.print(f"loss curve: {plot}")
         return result
 
+    def _stop_if_signalled(self, saved: Optional[int], signum: Optional[int] = None) -> None:
+        """Raise TrainingStopped on every rank when a rank was signalled (`signum`: already agreed)."""
+        if signum is None:
+            signum = int(max_over_ranks([float(self.signals.received or 0)], self.dist.device)[0])
+        if not signum:
+            return
+        name = signal_name(signum)
+        if saved is None:
+            raise TrainingStopped(f"stopped by {name} before the first training step; nothing new to save", signum)
+        path = os.path.join(self.out_dir, "checkpoints", f"global_step{saved}")
+        raise TrainingStopped(f"stopped by {name} after step {saved}; saved {path}: relaunch with --resume auto "
+                              "to continue", signum)
+
     def _run_info(self) -> dict:
         """Sizes of the run, also written to output_dir/run_info.json: total and trainable parameters,
         and the parameter elements each rank actually stores (its ZeRO-3 partitions)."""
@@ -272,7 +330,8 @@ class Trainer:
         state = {"step": self.step, "epoch": self.epoch, "micro_index": self.micro_index, "skipped": self.skipped,
                  "sampler": self.sampler.state_dict(), "config_hash": self.cfg.hash()}
         meta = {"config_hash": self.cfg.hash(), "config": self.cfg.to_dict(), "epoch": self.epoch,
-                "model_config": self.model.config.to_dict(), "tokenizer": self.cfg.data.tokenizer}
+                "model_config": self.model.config.to_dict(), "tokenizer": self.cfg.data.tokenizer,
+                "data": self.data_identity}
         path = self.ckpt.save(self.engine, self.step, state, meta)
         self.print(f"saved checkpoint {path}")
 
@@ -375,4 +434,15 @@ def format_eval(result: dict) -> str:
 
 
 def run(cfg: TrainConfig, dist_info: DistInfo) -> Optional[dict]:
-    return Trainer(cfg, dist_info).train()
+    """Train under an exclusive lock of the output folder (global rank 0 holds it), with SIGTERM /
+    SIGINT turned into a save-and-stop from the start, so a signal during the (possibly slow) setup
+    never interrupts DeepSpeed's first-start op build either."""
+    lock = RunLock(cfg.training.output_dir)
+    with StopSignals(announce=dist_info.is_main) as signals:
+        try:
+            warning = on_main(lock.acquire)
+            if warning and dist_info.is_main:
+                print(warning, flush=True)
+            return Trainer(cfg, dist_info, signals).train()
+        finally:
+            lock.release()

@@ -71,6 +71,9 @@ CASES = {
     "offline-hub-backbone": (lambda t: ["--name_or_path", "chunksft-tests/no-such-model"],
                              "'chunksft-tests/no-such-model' is not a local folder, and offline mode is on"),
     "backbone-folder-without-config": (lambda t: ["--name_or_path", str(t)], "the folder has no config.json"),
+    "output-dir-is-a-file": (lambda t: ["--output_dir", _file(t, "out.txt", "")], "out.txt is a file"),
+    "output-dir-read-only": (lambda t: ["--output_dir", "/sys/chunksft_out"],  # sysfs: not even root may write
+                             "/sys/chunksft_out is not writable"),
 }
 FAST = {"unknown-flag", "bad-probability", "checkpoint-chunk-size-mismatch", "float16-on-cpu",
         "offline-hub-backbone"}  # malformed-json, empty file, lone surrogate, chat parts: tested in tests/data
@@ -141,16 +144,16 @@ def test_hostfile_with_a_missing_node_is_one_line(tmp_path):
 def test_tokenizer_without_mask_token_and_resume_none_keep_saved_work(out_with_checkpoint, train_flags):
     """Not an error: a tokenizer without a mask token gets `<|mask|>` appended (the backbone has a
     free embedding row for it; without one build_model stops with a one-line ConfigError). With
-    --resume none the run starts over in a folder that holds a complete global_step3: its own save
-    of step 3 moves the old one aside (byte-identical) instead of deleting it."""
+    --resume none the run starts over in a folder that holds a complete global_step3: the old run
+    moves to previous_runs/<time>/ (byte-identical) instead of being deleted or mixed with the new."""
     out, before = out_with_checkpoint
     flags = _with([*train_flags, "--output_dir", str(out)],
                   ["--tokenizer", _no_mask_tokenizer(out.parent), "--resume", "none", "--max_steps", str(HALF),
                    "--eval_interval", "0", "--eval_generate_rows", "0"])
     proc = run(module_cmd("chunksft.train", *flags), log=out.parent / "cli.log")
-    assert "already held a complete checkpoint; moved it to" in proc.stdout
-    (replaced,) = (out / "checkpoints").glob(f"global_step{HALF}.replaced-*")
-    assert tree_digest(replaced) == {k.split("/", 1)[1]: v for k, v in before.items() if "/" in k}
+    assert "held another run: moved its files to" in proc.stdout
+    (moved,) = (out / "previous_runs").iterdir()
+    assert tree_digest(moved / "checkpoints") == before
     assert (out / "checkpoints" / f"global_step{HALF}" / "COMPLETE").exists()
 
 

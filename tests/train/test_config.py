@@ -1,5 +1,9 @@
 """Config: YAML + flag resolution, validation messages, hash stability."""
 import glob
+import os
+import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -75,6 +79,7 @@ def test_bad_flags_one_line(flags, expected):
     ("objective:\n  mask_probability: 2\n", "objective.mask_probability = 2.0"),
     ("objective: [1, 2]\n", "section 'objective' must be a mapping"),
     ("objective:\n  chunk_size: 8\n bad", "invalid YAML"),
+    ("training:\n  max_steps: 3\n  seed: 1\n  max_steps: 4\n", "line 4: key 'max_steps' given twice (first on line 2)"),
 ])
 def test_bad_yaml_names_file_and_key(tmp_path, body, expected):
     path = tmp_path / "bad.yaml"
@@ -85,6 +90,31 @@ def test_bad_yaml_names_file_and_key(tmp_path, body, expected):
     assert "\n" not in str(info.value)
     if "mask_probability" not in expected:
         assert str(path) in str(info.value)
+
+
+def test_text_flags_are_taken_as_typed_and_tilde_is_home(monkeypatch, tmp_path):
+    """YAML would read `--output_dir 0x10` as 16 and `--dataset_name 1e3` as 1000.0: text fields keep
+    the text; `null` still clears an optional one; `~` means the home folder, as in a shell."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = load_config(["--output_dir", "0x10", "--dataset_name", "1e3", "--tokenizer", "null",
+                       "--resume", "~/runs/a"])
+    assert (cfg.training.output_dir, cfg.data.dataset_name, cfg.data.tokenizer) == ("0x10", "1e3", None)
+    assert cfg.checkpoint.resume == str(tmp_path / "runs" / "a")
+    assert load_config(["--output_dir", "~/out"]).training.output_dir == str(tmp_path / "out")
+    assert load_config(["--max_steps", "0x10"]).training.max_steps == 16  # numbers still parse as YAML
+
+
+def test_launch_scripts_resolve_paths_against_the_caller(tmp_path):
+    """launch/train_torchrun.sh cds to the repository: a config path relative to the caller's folder
+    must still be found (here the run then stops at the config's own bad value, before any rank work)."""
+    (tmp_path / "mine.yaml").write_text(open(DEFAULT_CONFIG).read())
+    env = dict(os.environ, NPROC_PER_NODE="1", MASTER_PORT=str(_free_port()), OMP_NUM_THREADS="1",
+               PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run(["bash", os.path.join(REPO_ROOT, "launch", "train_torchrun.sh"), "mine.yaml",
+                           "--max_steps", "0", "--output_dir", "out"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "training.max_steps" in proc.stderr and "not found" not in proc.stderr, proc.stderr[-2000:]
 
 
 def test_debug_env(monkeypatch):
@@ -113,3 +143,9 @@ def test_every_shipped_config_loads():
     for path in glob.glob(f"{REPO_ROOT}/configs/train/*.yaml"):
         load_config(["--config", path])
     assert DEFAULT_CONFIG.endswith("configs/train/tiny.yaml")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

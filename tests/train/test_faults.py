@@ -14,17 +14,20 @@ those marked `faults_full`.
 from __future__ import annotations
 
 import json
+import os
 import random
+import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from launching import HALF, STEPS, assert_same_weights, deepspeed_cmd, run, start, tree_digest
+from launching import HALF, REPO, STEPS, assert_same_weights, deepspeed_cmd, free_port, run, run_env, start, tree_digest
 
 pytestmark = pytest.mark.faults
 FAULT = "CHUNKSFT_FAULT"
@@ -86,6 +89,68 @@ def test_sigkill_during_save_then_resume(run_a, tmp_path, train_flags, fault):
     assert json.loads((tmp_path / "run_info.json").read_text())["start_step"] == expected_start, resumed.stdout[-2000:]
     assert_same_weights(tmp_path, run_a)
     assert_untouched(tmp_path, before, (HALF,))
+
+
+# ------------------------------------------------------------------------------------- preemption
+def test_sigterm_saves_the_step_then_resume(run_a, tmp_path, train_flags):
+    """SIGTERM reaches rank 1 right after step 2 (CHUNKSFT_FAULT=sigterm:2:1, the signal a scheduler
+    sends before preempting): every rank finishes step 2, saves a complete global_step2, one line is
+    printed, the launcher exits non-zero; the relaunch continues to run_a's weights bit for bit.
+    The start uses an empty torch-extensions cache: on CPU nothing is JIT-compiled (DeepSpeed's
+    shared-memory comm op would be, for minutes, on a machine's first start)."""
+    from chunksft.checkpoint.manager import validate_tag
+
+    extensions = tmp_path / "torch_extensions"
+    stopped = launch(train_flags, tmp_path, "stopped.log", check=False,
+                     env={FAULT: "sigterm:2:1", "TORCH_EXTENSIONS_DIR": str(extensions)})
+    assert not list(extensions.rglob("*shm_comm*")), "DeepSpeed compiled its shm comm op at start-up"
+    assert stopped.returncode != 0
+    assert "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
+    lines = [line for line in stopped.stderr.splitlines() if line.startswith("stopped by")]
+    assert lines == [f"stopped by SIGTERM after step 2; saved {tag(tmp_path, 2)}: relaunch with --resume auto "
+                     "to continue"], stopped.stderr[-3000:]
+    assert validate_tag(str(tag(tmp_path, 2))) is None and _steps_logged(tmp_path / "metrics.jsonl") == 2
+    launch(train_flags, tmp_path, "resumed.log")
+    assert json.loads((tmp_path / "run_info.json").read_text())["start_step"] == 2
+    assert_same_weights(tmp_path, run_a)
+
+
+def test_busy_folder_is_refused_then_ctrl_c_saves(tmp_path, train_flags):
+    """A long 2-rank run (launch/train.sh) holds its folder's lock: a second run there stops with one
+    line naming the first (host, pid). Ctrl-C (SIGINT to the script's whole process group, as a
+    terminal sends it): every rank finishes its step, saves it completely, one line, no traceback,
+    exit non-zero, lock released."""
+    from chunksft.checkpoint.manager import validate_tag
+    from chunksft.train.run_folder import LOCK_FILE
+
+    log = tmp_path / "first.log"
+    config, flags = train_flags[1], train_flags[2:]
+    first = subprocess.Popen(["bash", "launch/train.sh", config, *flags, *QUIET, "--output_dir", str(tmp_path),
+                              "--max_steps", "5000", "--save_interval", "0"], cwd=REPO,
+                             env=run_env(NPROC_PER_NODE="2", MASTER_PORT=str(free_port())), stdout=log.open("w"),
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 600
+        while _steps_logged(tmp_path / "metrics.jsonl") < 1:
+            assert first.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+        owner = json.loads((tmp_path / LOCK_FILE).read_text())
+        second = run([sys.executable, "-m", "chunksft.train", *train_flags, "--output_dir", str(tmp_path)],
+                     check=False)
+        errors = [line for line in second.stderr.splitlines() if line.startswith("error")]
+        assert second.returncode == 2 and len(errors) == 1, second.stderr[-3000:]
+        assert f"in use by another run (host {owner['host']}, pid {owner['pid']}" in errors[0]
+        os.killpg(first.pid, signal.SIGINT)
+        assert first.wait(timeout=300) != 0
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert "Traceback" not in text, text[-3000:]
+    (line,) = [line for line in text.splitlines() if line.startswith("stopped by SIGINT after step")]
+    step = int(re.search(r"after step (\d+);", line).group(1))
+    assert validate_tag(str(tag(tmp_path, step))) is None and _steps_logged(tmp_path / "metrics.jsonl") == step
+    assert not (tmp_path / LOCK_FILE).exists()
 
 
 # ------------------------------------------------------------------------------------- kill any time
