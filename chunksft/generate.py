@@ -47,7 +47,7 @@ def flag_below_one(args: argparse.Namespace, **meaning: str) -> str | None:
     value is below 1, or None."""
     for dest, what in meaning.items():
         value = getattr(args, dest)
-        if value < 1:
+        if value is not None and value < 1:
             return f"--{dest} {value}: {what} must be at least 1; pass --{dest} N with N >= 1"
     return None
 
@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--raw", action="store_true", help="use --prompt as is, without the training template")
     parser.add_argument("--refine", action="store_true", help="run the refinement head in the loop")
     parser.add_argument("--max_new_tokens", type=int, default=128)
-    parser.add_argument("--steps_per_chunk", type=int, default=4)
+    parser.add_argument("--steps_per_chunk", type=int, default=None,
+                        help="denoising forwards per chunk without --refine (default: the model's own, the value "
+                             "training evaluated with; at most the chunk size)")
     parser.add_argument("--batch_size", type=int, default=32, help="with --input: questions per generate call")
     args = parser.parse_args(argv)
     if args.input is not None and args.output is None:
@@ -71,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.input is None and args.output is not None:
         parser.error("--output goes with --input FILE")
     bad_flag = flag_below_one(args, max_new_tokens="the number of tokens to generate",
-                              batch_size="the number of questions per generate call")
+                              batch_size="the number of questions per generate call",
+                              steps_per_chunk="the number of denoising forwards per chunk")
     if bad_flag:
         print(f"error: {bad_flag}", file=sys.stderr)
         return 2

@@ -150,11 +150,31 @@ def test_tokenizer_that_does_not_fit_the_model_is_refused(exported, tmp_path, ch
     (evaluate, ["--rows", "0"], "error: --rows 0: the number of held-out rows to evaluate must be at least 1"),
     (generate, ["--prompt", "x", "--max_new_tokens", "0"],
      "error: --max_new_tokens 0: the number of tokens to generate must be at least 1"),
-], ids=["evaluate_rows", "generate_max_new_tokens"])
+    (generate, ["--prompt", "x", "--steps_per_chunk", "0"],
+     "error: --steps_per_chunk 0: the number of denoising forwards per chunk must be at least 1"),
+], ids=["evaluate_rows", "generate_max_new_tokens", "generate_steps_per_chunk"])
 def test_nothing_to_do_is_one_line(exported, cli, flags, expected, capsys):
     assert cli.main(["--model", exported, *flags]) == 2
     captured = capsys.readouterr()
     assert captured.err.strip().startswith(expected) and "\n" not in captured.err.strip() and captured.out == ""
+
+
+def test_generate_decodes_like_evaluate_by_default(exported, tmp_path, capsys):
+    """Without --steps_per_chunk, generate uses the model's own value (what evaluate and the
+    training-time evaluation decode with), not a fixed one."""
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(exported, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["steps_per_chunk"] = 1
+    (folder / "config.json").write_text(json.dumps(config))
+    outputs = []
+    for flags in ([], ["--steps_per_chunk", "1"]):
+        assert generate.main(["--model", str(folder), "--prompt", "Compute 4 * 8 + 6.", "--max_new_tokens", "32",
+                              *flags]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1]
 
 
 def test_export_folder_has_a_model_card(exported):
