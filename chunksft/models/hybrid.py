@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers.initialization import no_init_weights
 from transformers.utils import ModelOutput
 
 from chunksft.models.attention import ATTN_IMPLEMENTATION, ChunkLayout
@@ -105,6 +106,11 @@ class HybridModel(PreTrainedModel):
                                                         attn_implementation=ATTN_IMPLEMENTATION)
         else:
             backbone.set_attn_implementation(ATTN_IMPLEMENTATION)
+            # A given backbone comes initialised (loaded, or built by its owner): the wrapper's weight
+            # init (post_init, `init_added_weights`) must never touch it. transformers skips modules
+            # that carry this flag.
+            for module in backbone.modules():
+                module._is_hf_initialized = True
         self.backbone = backbone
         hidden = backbone.config.hidden_size
         self.head = RefinementHead(hidden, config.head_hidden_size, config.head_num_heads, config.chunk_size,
@@ -119,23 +125,50 @@ class HybridModel(PreTrainedModel):
             self.backbone.requires_grad_(False)
 
     @classmethod
-    def from_backbone(cls, backbone, **hybrid_kwargs) -> "HybridModel":
-        """Wrap a transformers decoder: a model object, a hub name / local path (LLaDA checkpoints are
-        converted to the Llama layout), or a config."""
+    def from_backbone(cls, backbone, dtype: torch.dtype | None = None, **hybrid_kwargs) -> "HybridModel":
+        """Wrap a transformers decoder: a model object (taken as it is), a hub name / local path (LLaDA
+        checkpoints are converted to the Llama layout) or a config, built in `dtype` (None: the
+        checkpoint's / transformers' default). The backbone's weights are never re-initialised; the
+        head is initialised here, also under `deepspeed.zero.Init` (see `init_added_weights`)."""
         from chunksft.models.llada import is_llada_checkpoint, load_llada
 
+        load = {"attn_implementation": ATTN_IMPLEMENTATION} | ({} if dtype is None else {"dtype": dtype})
         if isinstance(backbone, str) and is_llada_checkpoint(backbone):
-            backbone = load_llada(backbone, attn_implementation=ATTN_IMPLEMENTATION)
+            backbone = load_llada(backbone, **load)
         elif isinstance(backbone, str):
-            backbone = AutoModelForCausalLM.from_pretrained(backbone, attn_implementation=ATTN_IMPLEMENTATION)
+            backbone = AutoModelForCausalLM.from_pretrained(backbone, **load)
         elif not isinstance(backbone, PreTrainedModel):
-            backbone = AutoModelForCausalLM.from_config(backbone, attn_implementation=ATTN_IMPLEMENTATION)
+            backbone = AutoModelForCausalLM.from_config(backbone, **load)
         config = HybridConfig(backbone=backbone.config.to_dict(), **hybrid_kwargs)
-        return cls(config, backbone=backbone)
+        # Under `deepspeed.zero.Init` the head's parameters are partitioned (empty) by the time
+        # post_init would initialise them: build without init, then initialise what is new, gathered.
+        with no_init_weights():
+            model = cls(config, backbone=backbone)
+        model.init_added_weights()
+        return model
+
+    def init_added_weights(self) -> None:
+        """Initialise what the wrapper adds to a given backbone (refinement head, mask offset), never
+        the backbone itself (its modules are marked initialised in __init__).
+
+        Under ZeRO-3 (parameters built inside `deepspeed.zero.Init`) the added parameters are gathered
+        on every rank, initialised, and rank 0's values are partitioned back (`modifier_rank=0`): what
+        transformers' `from_pretrained` does for the keys a checkpoint lacks. Call it on every rank.
+        """
+        added = [p for name, p in self.named_parameters() if not name.startswith("backbone.")]
+        if any(hasattr(p, "ds_id") for p in added):
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(added, modifier_rank=0):
+                self.initialize_weights()
+        else:
+            self.initialize_weights()
+        self.tie_weights(recompute_mapping=False)
 
     def _init_weights(self, module):
-        """transformers' init hook (also the only init under ZeRO-3, where modules are built without
-        it). The backbone has its own `_init_weights`; this covers the head and the mask offset."""
+        """transformers' init hook (under ZeRO-3 it runs on gathered parameters: transformers'
+        `initialize_weights_zero3` / missing-key init, or `init_added_weights`). The backbone has its
+        own `_init_weights`; this covers the head and the mask offset."""
         if isinstance(module, (nn.Linear, nn.RMSNorm, RefinementHead)):
             module.reset_parameters()
         elif module is self and self.config.train_mask_embedding:

@@ -128,9 +128,13 @@ def build_model(cfg: TrainConfig, ds_config: dict[str, Any], tokenizer) -> tuple
     elif os.path.isdir(source) and _is_hybrid_folder(source):
         model = HybridModel.from_pretrained(source, dtype=dtype, **kwargs)
     else:
-        # from_backbone loads the backbone partitioned; the head is built here under the same Init.
-        with deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype):
-            model = HybridModel.from_backbone(source, **kwargs)
+        # A Hugging Face backbone (hub name or folder, LLaDA layout included): from_backbone loads it
+        # partitioned (transformers' zero.Init path), builds the head under this Init and initialises
+        # only the head, gathered; the loaded weights are kept as they are. The Init takes its dtype
+        # from ds_config (bf16 / fp16 / fp32, set from model.dtype): DeepSpeed 0.19 ignores an explicit
+        # `dtype=` on accelerators without fp16 support (CPU) and partitions in bf16.
+        with deepspeed.zero.Init(config_dict_or_path=ds_config):
+            model = HybridModel.from_backbone(source, dtype=dtype, **kwargs)
     # The chunk_sft loss reads the LM-head weight inside `model.lm_loss` (fused linear CE), outside
     # the head module's own forward: ZeRO-3 must gather it around that module too.
     deepspeed.zero.register_external_parameter(model.lm_loss, model.lm_head.weight)
