@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from transformers import AutoConfig, PreTrainedConfig
 
+from chunksft.models.head import GRADIENTS
+
 # The tiny CPU default: a random Qwen3-style backbone (4 layers, d=256, GQA 4:2) sized for the
 # bundled tokenizer (vocab 512; pad 0, eos 1, mask 2, <answer> 3, </answer> 4).
 TINY_BACKBONE = dict(
@@ -54,6 +56,8 @@ class HybridConfig(PreTrainedConfig):
     bd3_t_min / bd3_t_max: range of the per-chunk masking rate t of the "bd3" mode (t ~ U(t_min, t_max)).
     steps_per_chunk: denoising forwards per generated chunk (several need a bd3-trained backbone).
     max_recursive_steps: K refinement steps. latent_steps: z updates per refinement step.
+    head_gradient: "last" (TRM: each step backpropagates through its last recursion only, the state
+    carried between steps is detached) or "full" (through every update of every step).
     deep_supervision_weight / enable_deep_supervision: weight of the intermediate-step CE.
     freeze_backbone: no gradient into the backbone (chunk_sft default). train_mask_embedding: learn
     the mask token's input embedding even with a frozen backbone.
@@ -72,7 +76,7 @@ class HybridConfig(PreTrainedConfig):
                  enable_deep_supervision: bool = True, freeze_backbone: bool = True,
                  train_mask_embedding: bool = False, head_hidden_size: int = 256, head_num_heads: int = 4,
                  confidence_threshold: float = 0.9, backend: str = "auto", compact_noisy_stream: bool = True,
-                 **kwargs):
+                 head_gradient: str = "last", **kwargs):
         if backbone is None:
             backbone = dict(TINY_BACKBONE)
         if isinstance(backbone, PreTrainedConfig):
@@ -91,6 +95,8 @@ class HybridConfig(PreTrainedConfig):
             raise ValueError(f"steps_per_chunk must lie in [1, chunk_size={chunk_size}], got {steps_per_chunk}")
         if max_recursive_steps < 1:
             raise ValueError(f"max_recursive_steps must be >= 1, got {max_recursive_steps}")
+        if head_gradient not in GRADIENTS:
+            raise ValueError(f"head_gradient must be one of {', '.join(GRADIENTS)}, got {head_gradient!r}")
         if backend not in ("auto", "eager", "cpp", "triton"):
             raise ValueError(f"backend must be auto, eager, cpp or triton, got {backend!r}")
         self.chunk_size = chunk_size
@@ -112,6 +118,7 @@ class HybridConfig(PreTrainedConfig):
         self.confidence_threshold = confidence_threshold
         self.backend = backend
         self.compact_noisy_stream = compact_noisy_stream
+        self.head_gradient = head_gradient
         kwargs.setdefault("pad_token_id", self.backbone.get("pad_token_id"))
         kwargs.setdefault("eos_token_id", self.backbone.get("eos_token_id"))
         kwargs.setdefault("tie_word_embeddings", False)

@@ -6,6 +6,12 @@ vector per chunk position). Each refinement step runs `latent_steps` updates z <
 and then the delta update y <- y + f(y, z); a halting head reads the pooled core state and predicts
 whether the step's argmax is entirely correct. The head only sees its chunk's states, so the
 causality of the backbone layout is preserved.
+
+Gradient (`gradient`): "full" backpropagates through every update of every step. "last" is TRM's
+rule: within a step the z updates except the last run without gradient, and the (y, z) carried to
+the next step is detached, so each step's loss trains one recursion (the last z update and the y
+update) and the backward cost per step no longer grows with `latent_steps` or with the step index.
+The forward values are the same either way.
 """
 from __future__ import annotations
 
@@ -46,12 +52,18 @@ class RefinementTrace(NamedTuple):
     steps: torch.Tensor              # int64 [M]: steps applied to each chunk
 
 
-class RefinementHead(nn.Module):
-    """hidden_size: backbone width H; dim: head width d; chunk_size: C."""
+GRADIENTS = ("full", "last")
 
-    def __init__(self, hidden_size: int, dim: int, num_heads: int, chunk_size: int, latent_steps: int):
+
+class RefinementHead(nn.Module):
+    """hidden_size: backbone width H; dim: head width d; chunk_size: C; gradient: "full" | "last"."""
+
+    def __init__(self, hidden_size: int, dim: int, num_heads: int, chunk_size: int, latent_steps: int,
+                 gradient: str = "last"):
         super().__init__()
-        self.latent_steps = latent_steps
+        if gradient not in GRADIENTS:
+            raise ValueError(f"head gradient must be one of {', '.join(GRADIENTS)}, got {gradient!r}")
+        self.latent_steps, self.gradient = latent_steps, gradient
         self.x_in = nn.Linear(hidden_size, dim, bias=False)
         self.y_in = nn.Linear(hidden_size, dim, bias=False)
         self.z_init = nn.Parameter(torch.empty(chunk_size, dim))
@@ -75,7 +87,11 @@ class RefinementHead(nn.Module):
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One refinement step. x_proj: [M, C, d]; y: [M, C, H]; z: [M, C, d] -> (y', z', halt logit [M])."""
         y_proj = self.y_in(y)
-        for _ in range(self.latent_steps):
+        free = self.latent_steps - 1 if self.gradient == "last" else 0
+        with torch.no_grad():
+            for _ in range(free):
+                z = self.core(z + x_proj + y_proj)
+        for _ in range(self.latent_steps - free):
             z = self.core(z + x_proj + y_proj)
         update = self.out_norm(self.core(z + y_proj))
         y = y + self.delta(update)
@@ -101,6 +117,8 @@ class RefinementHead(nn.Module):
             steps = steps + active.long()
             states.append(y)
             confidence.append(halt)
+            if self.gradient == "last":  # the next step starts from values, not from this step's graph
+                y, z = y.detach(), z.detach()
             if halt_threshold is not None:
                 active = active & (torch.sigmoid(halt) < halt_threshold)
                 if early_exit and not bool(active.any()):

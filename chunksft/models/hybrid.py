@@ -114,7 +114,7 @@ class HybridModel(PreTrainedModel):
         self.backbone = backbone
         hidden = backbone.config.hidden_size
         self.head = RefinementHead(hidden, config.head_hidden_size, config.head_num_heads, config.chunk_size,
-                                   config.latent_steps)
+                                   config.latent_steps, config.head_gradient)
         self.lm_loss = LMHeadLoss(config.backend)
         if config.train_mask_embedding:
             # A learned offset of the mask token's embedding (zero init): trainable with a frozen,

@@ -55,6 +55,9 @@ class ModelConfig:
     intermediate_size: Optional[int] = None
     # Width of the refinement head's core block (null: HybridConfig's default, 256).
     head_hidden_size: Optional[int] = None
+    # "last": TRM's gradient (each refinement step backpropagates through its last recursion only);
+    # "full": through every update of every step (backward cost grows with the steps).
+    head_gradient: Literal["full", "last"] = "last"
     backend: Literal["auto", "eager", "cpp", "triton"] = "auto"
     # Compute/storage dtype of the DeepSpeed engine (bf16/fp16 enable DeepSpeed's mixed precision).
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
