@@ -84,10 +84,11 @@ class HybridConfig(PreTrainedConfig):
         self.backbone = dict(backbone)
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}; e.g. chunk_size: 16")
-        for name, value in (("mask_probability", mask_probability), ("deep_supervision_weight", None),
-                            ("confidence_threshold", confidence_threshold)):
-            if value is not None and not 0.0 <= value <= 1.0:
+        for name, value in (("mask_probability", mask_probability), ("confidence_threshold", confidence_threshold)):
+            if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {value}")
+        if deep_supervision_weight < 0.0:
+            raise ValueError(f"deep_supervision_weight must be >= 0, got {deep_supervision_weight}")
         if not 1e-6 <= bd3_t_min <= bd3_t_max <= 1.0:
             raise ValueError(f"bd3_t_min / bd3_t_max must satisfy 1e-6 <= t_min <= t_max <= 1, got {bd3_t_min}, "
                              f"{bd3_t_max}")

@@ -141,3 +141,10 @@ def test_head_initialises_through_init_weights_alone():
     assert torch.equal(head.core.attn_norm.weight, torch.ones_like(head.core.attn_norm.weight))
     assert 0.005 < head.z_init.std() < 0.05 and 0 < head.x_in.weight.abs().max() < 1
     assert torch.equal(model.mask_embedding_delta, torch.zeros_like(model.mask_embedding_delta))
+
+
+@pytest.mark.parametrize("field, value", [("deep_supervision_weight", -0.1), ("mask_probability", 1.5),
+                                          ("confidence_threshold", -0.5), ("head_gradient", "some")])
+def test_config_rejects_out_of_range_values(field, value):
+    with pytest.raises(ValueError, match=field):
+        HybridConfig(**{field: value})
