@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from chunksft.data.template import extract_answer
-from chunksft.generate import flag_below_one
+from chunksft.generate import flag_below_one, write_atomically
 
 
 @dataclass
@@ -114,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                   "mean_refinement_steps": refined.refine_steps / max(refined.chunks, 1),
                   "max_refinement_steps": model.config.max_recursive_steps,
                   "steps_per_chunk": model.config.steps_per_chunk}
-        with open(args.output, "w") as fh:
-            json.dump(scores, fh, indent=1)
+        write_atomically(args.output, json.dumps(scores, indent=1))
     return 0
 
 

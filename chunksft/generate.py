@@ -52,6 +52,15 @@ def flag_below_one(args: argparse.Namespace, **meaning: str) -> str | None:
     return None
 
 
+def write_atomically(path: str, text: str) -> None:
+    """Write `text` to `path` (its folder created when missing) as a finished file or none."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m chunksft.generate", description=__doc__.splitlines()[2])
     parser.add_argument("--model", required=True, help="an exported HF folder (python -m chunksft.export)")
@@ -98,12 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     if questions is not None:
         records = _predict(model, tokenizer, questions, refine=args.refine, max_new_tokens=args.max_new_tokens,
                            steps_per_chunk=args.steps_per_chunk, batch_size=args.batch_size)
-        folder = os.path.dirname(os.path.abspath(args.output))
-        os.makedirs(folder, exist_ok=True)
-        tmp = args.output + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        os.replace(tmp, args.output)  # a finished file or none
+        write_atomically(args.output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         answered = sum(r["answer"] is not None for r in records)
         print(f"{args.output}: {len(records)} predictions ({answered} with an <answer>)", file=sys.stderr)
         return 0

@@ -32,10 +32,13 @@ def test_generate_prints_response_and_chunk_steps(exported, capsys):
     assert captured.err.count("refinement steps") == 2  # two chunks of 16 for 32 new tokens
 
 
-def test_evaluate_prints_accuracy_table(exported, capsys):
-    assert evaluate.main(["--model", exported, "--rows", "4", "--max_new_tokens", "32"]) == 0
+def test_evaluate_prints_accuracy_table(exported, capsys, tmp_path):
+    """Also writes the scores as JSON, into a folder that does not exist yet."""
+    scores = tmp_path / "not" / "yet" / "scores.json"
+    assert evaluate.main(["--model", exported, "--rows", "4", "--max_new_tokens", "32", "--output", str(scores)]) == 0
     out = capsys.readouterr().out
     assert "| bundled:test (4 rows) | 0.0% | 0.0% |" in out  # a random model answers nothing right
+    assert json.loads(scores.read_text())["rows"] == 4
 
 
 def test_bad_model_dir_is_one_line(tmp_path, capsys):
