@@ -118,6 +118,31 @@ def chunk_attention_compact_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     return torch.cat([noisy, out[:, seq_len:]], dim=1).transpose(1, 2)
 
 
+def chunk_attention_compact_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, prompt_lens: torch.Tensor,
+                                 chunk_index: torch.Tensor, chunk_size: int = 16,
+                                 seq_lens: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
+    """The compact layout in PyTorch without the bd3 detour (the eager backend's path; same contract
+    as `chunk_attention_compact_eager`).
+
+    The x_0 rows see only x_0 keys, so they run one SDPA over [L, L]; the NM*C compacted x_t rows see
+    a prefix of x_0 and their own chunk, so they run one SDPA over [NM*C, NM*C + L]. Score entries:
+    L^2 + NM*C*(NM*C + L) instead of the (2L)^2 of the scattered bd3 reference. Both masks are cut
+    from `compact_attention_mask`; padding slots return 0.
+    """
+    n_slots = chunk_index.shape[1] * chunk_size
+    seq_len = q.shape[2] - n_slots
+    mask = compact_attention_mask(prompt_lens, seq_len, chunk_index, chunk_size=chunk_size,
+                                  seq_lens=seq_lens).to(q.device)[:, None]
+    gqa = k.shape[1] != q.shape[1]
+    clean = F.scaled_dot_product_attention(q[:, :, n_slots:], k[:, :, n_slots:], v[:, :, n_slots:],
+                                           attn_mask=mask[:, :, n_slots:, n_slots:], scale=scale, enable_gqa=gqa)
+    noisy_mask = mask[:, :, :n_slots]
+    noisy = F.scaled_dot_product_attention(q[:, :, :n_slots], k, v, attn_mask=noisy_mask, scale=scale,
+                                           enable_gqa=gqa)
+    noisy = torch.where(noisy_mask.any(dim=-1, keepdim=True), noisy, torch.zeros_like(noisy))
+    return torch.cat([noisy, clean], dim=2)
+
+
 # ----------------------------------------------------------------------------------------------
 # Triton kernels
 # ----------------------------------------------------------------------------------------------
@@ -686,7 +711,7 @@ def chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, prompt
         return cpp_impl("chunk_attention")(q, k, v, prompt_lens=prompt_lens, chunk_size=chunk_size, layout=layout,
                                            seq_lens=seq_lens, scale=scale, chunk_index=chunk_index)
     if layout == "compact":
-        return chunk_attention_compact_eager(q, k, v, prompt_lens=prompt_lens, chunk_index=chunk_index,
-                                             chunk_size=chunk_size, seq_lens=seq_lens, scale=scale)
+        return chunk_attention_compact_sdpa(q, k, v, prompt_lens=prompt_lens, chunk_index=chunk_index,
+                                            chunk_size=chunk_size, seq_lens=seq_lens, scale=scale)
     return chunk_attention_eager(q, k, v, prompt_lens=prompt_lens, chunk_size=chunk_size, layout=layout,
                                  seq_lens=seq_lens, scale=scale)
