@@ -15,7 +15,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_attention_backward(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
     const at::Tensor& lse, const at::Tensor& prompt_lens, const at::Tensor& seq_lens, const at::Tensor& chunk_index,
     int64_t layout, int64_t seq_len, int64_t noisy_len, int64_t chunk_size, double scale);
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_blocked(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_blocked(
     const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets, const at::Tensor& rows,
     const std::optional<at::Tensor>& coef, int64_t block);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_mask_counter(
@@ -30,7 +30,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("chunk_attention_backward", &chunksft::chunk_attention_backward,
         "(dout, q, k, v, out, lse, prompt_lens, seq_lens, chunk_index, layout, L, T, C, scale) -> (dq, dk, dv)");
   m.def("linear_cross_entropy_blocked", &chunksft::linear_cross_entropy_blocked,
-        "(hidden, weight, targets, rows, coef or None, block) -> (ce, grad_hidden, grad_weight)");
+        "(hidden, weight, targets, rows, coef or None, block) -> (ce, argmax, grad_hidden, grad_weight)");
   m.def("chunk_mask_counter", &chunksft::chunk_mask_counter,
         "(input_ids, prompt_lens, seq_lens, key, threshold, lo, hi, mask_id, C) -> (ids, labels, chunk_masked, "
         "chunk_index, positions, chunk_rate)");

@@ -3,7 +3,7 @@
 // (chunksft/ops/linear_cross_entropy.py).
 //
 // Per block of rows: logits [rows, V] fp32 = one GEMM into a reused buffer; a row pass computes
-// ce = logsumexp - logit[target] and, when gradients are wanted, overwrites the logits with
+// ce = logsumexp - logit[target] and the argmax and, when gradients are wanted, overwrites the logits with
 // coef * (softmax - onehot); two GEMMs turn that into the block's rows of d hidden and its
 // contribution to d weight. Peak extra memory: one logits block plus the fp32 weight gradient.
 
@@ -18,13 +18,16 @@
 namespace chunksft {
 namespace {
 
-// One row of logits x[0, V): returns ce = logsumexp(x) - x[target]; with grad, x becomes
-// coef * (softmax(x) - onehot(target)).
+// One row of logits x[0, V): returns ce = logsumexp(x) - x[target] and sets *argmax to the first index
+// of the row max (torch.argmax's tie rule); with grad, x becomes coef * (softmax(x) - onehot(target)).
 CHUNKSFT_SIMD_CLONES
-float cross_entropy_row(float* x, int64_t V, int64_t target, bool grad, float coef) {
+float cross_entropy_row(float* x, int64_t V, int64_t target, bool grad, float coef, int64_t* argmax) {
   float mx = -std::numeric_limits<float>::infinity();
 #pragma omp simd reduction(max : mx)
   for (int64_t j = 0; j < V; ++j) mx = x[j] > mx ? x[j] : mx;
+  int64_t arg = 0;
+  while (arg < V - 1 && x[arg] != mx) ++arg;
+  *argmax = arg;
   float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
   for (int64_t j = 0; j < V; ++j) sum += exp_approx(x[j] - mx);
@@ -43,9 +46,9 @@ float cross_entropy_row(float* x, int64_t V, int64_t target, bool grad, float co
 // hidden: [N, H] float; weight: [V, H] float; targets: int64 [N] (valid ids on `rows`); rows: int64
 // [R] the rows that carry a loss; coef: optional fp32 [R], the weight of each row's ce in the
 // differentiated sum; block: rows per logits block.
-// Returns (ce fp32 [R], grad_hidden [N, H] in hidden's dtype (zero off `rows`), grad_weight fp32
-// [V, H]); the gradients are undefined tensors without coef.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_blocked(
+// Returns (ce fp32 [R], argmax int64 [R], grad_hidden [N, H] in hidden's dtype (zero off `rows`),
+// grad_weight fp32 [V, H]); the gradients are undefined tensors without coef.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_blocked(
     const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets, const at::Tensor& rows,
     const std::optional<at::Tensor>& coef, int64_t block) {
   TORCH_CHECK(hidden.device().is_cpu() && weight.device().is_cpu() && hidden.dim() == 2 && weight.dim() == 2 &&
@@ -62,6 +65,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_blocked(
   const at::Tensor rows_c = rows.contiguous();
   const at::Tensor row_targets = targets.index_select(0, rows_c).contiguous();
   at::Tensor ce = at::empty({R}, hidden.options().dtype(at::kFloat));
+  at::Tensor argmax = at::empty({R}, hidden.options().dtype(at::kLong));
   at::Tensor grad_hidden, grad_weight, coef_c;
   if (grad) {
     coef_c = coef->to(at::kFloat).contiguous();
@@ -78,12 +82,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_blocked(
     at::mm_out(blk, h, w.t());
     float* x = blk.data_ptr<float>();
     float* ce_out = ce.data_ptr<float>() + start;
+    int64_t* argmax_out = argmax.data_ptr<int64_t>() + start;
     const int64_t* tgt = row_targets.data_ptr<int64_t>() + start;
     const float* cf = grad ? coef_c.data_ptr<float>() + start : nullptr;
     at::parallel_for(0, n, 1, [&](int64_t lo, int64_t hi) {
       for (int64_t i = lo; i < hi; ++i) {
         TORCH_CHECK(tgt[i] >= 0 && tgt[i] < V, "linear_cross_entropy (cpp): target ", tgt[i], " out of range [0, ", V, ")");
-        ce_out[i] = cross_entropy_row(x + i * V, V, tgt[i], grad, grad ? cf[i] : 0.0f);
+        ce_out[i] = cross_entropy_row(x + i * V, V, tgt[i], grad, grad ? cf[i] : 0.0f, argmax_out + i);
       }
     });
     if (grad) {
@@ -91,7 +96,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_blocked(
       grad_weight.addmm_(blk.t(), h);
     }
   }
-  return {ce, grad_hidden, grad_weight};
+  return {ce, argmax, grad_hidden, grad_weight};
 }
 
 }  // namespace chunksft

@@ -27,7 +27,6 @@ from chunksft.objectives.diffusion import diffusion_loss
 from chunksft.ops import chunk_mask, diffusion_mask, linear_cross_entropy
 from chunksft.ops.chunk_attention import compact_positions
 from chunksft.ops.chunk_mask import IGNORE_INDEX, ChunkMask, chunk_positions
-from chunksft.ops.linear_cross_entropy import rows_per_block
 
 TRAINING_MODES = ("pretrain", "sft", "bd3", "chunk_sft")
 
@@ -75,21 +74,14 @@ class LMHeadLoss(nn.Module):
         token_weights: optional float [...] (see `linear_cross_entropy`).
 
         Returns (CE fp32 scalar with grad, `reduction` "mean" or "sum" of the weighted CE; argmax
-        int64 [...]; per-row mean CE over the last dim fp32 [...-1], detached). The argmax / per-row
-        CE pass runs without grad, one row block of logits at a time.
+        int64 [...]; per-row mean CE over the last dim fp32 [...-1], unweighted, detached). The argmax and
+        the per-token CE come from the loss's own pass over the logits (`return_stats`).
         """
         flat, flat_targets = hidden.flatten(0, -2), targets.flatten()
         weights = None if token_weights is None else token_weights.flatten()
-        ce = linear_cross_entropy(flat, weight, flat_targets, token_weights=weights, reduction=reduction,
-                                  backend=self.backend)
-        with torch.no_grad():
-            predictions, token_ce = [], []
-            block = rows_per_block(weight.shape[0])
-            for h, t in zip(flat.split(block), flat_targets.split(block)):
-                logits = h.float() @ weight.float().T
-                predictions.append(logits.argmax(dim=-1))
-                token_ce.append(torch.logsumexp(logits, dim=-1) - logits.gather(1, t[:, None])[:, 0])
-        return ce, torch.cat(predictions).view_as(targets), torch.cat(token_ce).view_as(targets).mean(dim=-1)
+        ce, stats = linear_cross_entropy(flat, weight, flat_targets, token_weights=weights, reduction=reduction,
+                                         backend=self.backend, return_stats=True)
+        return ce, stats.argmax.view_as(targets), stats.ce.view_as(targets).mean(dim=-1)
 
 
 class HybridModel(PreTrainedModel):

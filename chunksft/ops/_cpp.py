@@ -189,39 +189,40 @@ def rows_per_block(vocab: int, budget_elements: int = 1 << 25) -> int:
 
 
 class LinearCrossEntropyCpp(torch.autograd.Function):
-    """Row-blocked linear CE in C++. For "mean" / "sum" the gradients come out of the forward pass
-    (logits computed once; grad_output, a scalar, is applied in backward); "none" recomputes them."""
+    """Row-blocked linear CE in C++ -> (loss, stats ce fp32 [N], stats argmax int64 [N]; the stats
+    non-differentiable). For "mean" / "sum" the gradients come out of the forward pass (logits computed
+    once; grad_output, a scalar, is applied in backward); "none" recomputes them."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, token_weights, ignore_index: int, reduction: str):
-        from chunksft.ops.linear_cross_entropy import _row_weights
+    def forward(ctx, hidden, weight, targets, token_weights, ignore_index: int, reduction: str, return_stats: bool):
+        from chunksft.ops.linear_cross_entropy import _scatter_stats, _select_rows
 
         ext = load()
-        weights = _row_weights(targets, token_weights, ignore_index)
-        rows = (weights != 0).nonzero(as_tuple=True)[0]
-        safe_targets = targets.long().masked_fill(weights == 0, 0)
+        weights, loss_rows, rows, safe_targets = _select_rows(targets, token_weights, ignore_index, return_stats)
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         denom = weights.sum() if reduction == "mean" else torch.ones(())
         coef = weights[rows] / denom if need_grad and reduction != "none" else None
         block = rows_per_block(weight.shape[0])
-        ce, grad_hidden, grad_weight = ext.linear_cross_entropy_blocked(hidden, weight, safe_targets, rows, coef, block)
-        per_row = torch.zeros(hidden.shape[0], dtype=torch.float32)
-        per_row[rows] = ce * weights[rows]
+        ce, argmax, grad_hidden, grad_weight = ext.linear_cross_entropy_blocked(hidden, weight, safe_targets, rows,
+                                                                                coef, block)
+        stats = _scatter_stats(hidden.shape[0], rows, ce, argmax)
+        ctx.mark_non_differentiable(*stats)
+        per_row = stats.ce * weights
         ctx.reduction, ctx.block, ctx.weight_dtype = reduction, block, weight.dtype
         if reduction == "none":
-            ctx.save_for_backward(hidden, weight, safe_targets, weights, rows)
-            return per_row
+            ctx.save_for_backward(hidden, weight, safe_targets, weights, loss_rows)
+            return per_row, *stats
         ctx.save_for_backward(grad_hidden, grad_weight)
         total = per_row.sum()
-        return total if reduction == "sum" else total / denom
+        return total if reduction == "sum" else total / denom, *stats
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out, _grad_ce, _grad_argmax):
         if ctx.reduction == "none":
             hidden, weight, targets, weights, rows = ctx.saved_tensors
             coef = (grad_out.float() * weights)[rows]
-            _, grad_hidden, grad_weight = load().linear_cross_entropy_blocked(hidden, weight, targets, rows, coef,
-                                                                              ctx.block)
+            _, _, grad_hidden, grad_weight = load().linear_cross_entropy_blocked(hidden, weight, targets, rows, coef,
+                                                                                 ctx.block)
         else:
             grad_hidden, grad_weight = ctx.saved_tensors
             # grad_out is 1 for a plain loss.backward(): skip the scaling, which would copy the [V, H]
@@ -229,21 +230,23 @@ class LinearCrossEntropyCpp(torch.autograd.Function):
             if not bool(grad_out == 1):
                 grad_hidden = (grad_hidden.float() * grad_out.float()).to(grad_hidden.dtype)
                 grad_weight = grad_weight * grad_out.float()
-        return grad_hidden, grad_weight.to(ctx.weight_dtype), None, None, None, None
+        return grad_hidden, grad_weight.to(ctx.weight_dtype), None, None, None, None, None
 
 
 def linear_cross_entropy_cpp(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
                              token_weights: torch.Tensor | None = None, ignore_index: int = -100,
-                             reduction: str = "mean") -> torch.Tensor:
-    """`linear_cross_entropy` on the C++ kernel; contract: `linear_cross_entropy_eager`."""
-    from chunksft.ops.linear_cross_entropy import REDUCTIONS, linear_cross_entropy_eager
+                             reduction: str = "mean", return_stats: bool = False):
+    """`linear_cross_entropy` on the C++ kernel; contract: `linear_cross_entropy_eager` (incl. return_stats)."""
+    from chunksft.ops.linear_cross_entropy import REDUCTIONS, LinearCEStats, linear_cross_entropy_eager
 
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if load() is None:
         return linear_cross_entropy_eager(hidden, weight, targets, token_weights=token_weights,
-                                          ignore_index=ignore_index, reduction=reduction)
-    return LinearCrossEntropyCpp.apply(hidden, weight, targets, token_weights, ignore_index, reduction)
+                                          ignore_index=ignore_index, reduction=reduction, return_stats=return_stats)
+    loss, ce, argmax = LinearCrossEntropyCpp.apply(hidden, weight, targets, token_weights, ignore_index, reduction,
+                                                   return_stats)
+    return (loss, LinearCEStats(ce, argmax)) if return_stats else loss
 
 
 # ----------------------------------------------------------------------------------------------

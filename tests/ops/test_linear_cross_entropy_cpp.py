@@ -1,6 +1,8 @@
 """C++ fused linear cross-entropy (csrc/linear_cross_entropy.cpp) == the eager reference under the
 tolerance rule (tests/tolerance.py): loss and the gradients of hidden and weight, every reduction,
-per-token weights, ignore_index, vocab > 64k, several row blocks with a partial last one."""
+per-token weights, ignore_index, vocab > 64k, several row blocks with a partial last one, with and
+without `return_stats`; the stats (per-row CE under the rule, argmax exactly, ties included) against the
+eager reference's."""
 import pytest
 import torch
 
@@ -8,7 +10,8 @@ from chunksft.ops import _cpp
 from chunksft.ops._backend import resolve_backend
 from chunksft.ops.linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_eager
 from tests.ops.cpp_support import require_cpp
-from tests.ops.references import linear_cross_entropy_eager_blocked, linear_cross_entropy_fp64
+from tests.ops.references import (assert_stats_match_eager, linear_cross_entropy_eager_blocked,
+                                  linear_cross_entropy_fp64, tied_linear_ce_problem)
 from tests.tolerance import assert_close_to_reference, fp64
 
 VOCAB = 65_601
@@ -30,10 +33,11 @@ def problem(n=21, hidden_size=32, vocab=VOCAB, dtype=torch.float32, seed=0):
     return hidden, weight, targets, token_weights
 
 
+@pytest.mark.parametrize("return_stats", [False, True], ids=["loss", "stats"])
 @pytest.mark.parametrize("weighted", [True, False])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("block", [8, None], ids=["block8", "one_block"])
-def test_matches_eager_fp32(reduction, weighted, block, monkeypatch):
+def test_matches_eager_fp32(reduction, weighted, block, return_stats, monkeypatch):
     hidden, weight, targets, token_weights = problem()
     token_weights = token_weights if weighted else None
     if block is not None:
@@ -42,11 +46,16 @@ def test_matches_eager_fp32(reduction, weighted, block, monkeypatch):
     h1, w1 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
     h2, w2 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
     h3, w3 = fp64(hidden, weight, requires_grad=True)
-    out = linear_cross_entropy(h1, w1, targets, token_weights=token_weights, reduction=reduction, backend="cpp")
+    out = linear_cross_entropy(h1, w1, targets, token_weights=token_weights, reduction=reduction, backend="cpp",
+                               return_stats=return_stats)
     # The baseline: eager at fp32 on the kernel's row blocks (the same GEMM shapes; see references.py).
     # One block (the default rows_per_block here): the plain eager reference on the rows that carry a loss.
     ref = linear_cross_entropy_eager_blocked(h2, w2, targets, block=block or hidden.shape[0],
-                                             token_weights=token_weights, reduction=reduction)
+                                             token_weights=token_weights, reduction=reduction,
+                                             return_stats=return_stats)
+    if return_stats:
+        out, stats = out
+        assert_stats_match_eager(stats, hidden, weight, targets, block or hidden.shape[0])
     ref64 = linear_cross_entropy_fp64(h3, w3, targets, token_weights=token_weights, reduction=reduction)
     assert out.dtype == torch.float32 and out.shape == ref.shape
     assert_close_to_reference("loss", out, ref, ref64)
@@ -58,12 +67,24 @@ def test_matches_eager_fp32(reduction, weighted, block, monkeypatch):
         assert_close_to_reference(f"d{label}", a, b, c)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_stats_argmax_ties_take_the_first_index(dtype, monkeypatch):
+    monkeypatch.setattr(_cpp, "rows_per_block", lambda vocab: 3)
+    hidden, weight, targets, ties = tied_linear_ce_problem(dtype)
+    _, eager = linear_cross_entropy_eager(hidden, weight, targets, return_stats=True)
+    _, stats = linear_cross_entropy(hidden, weight, targets, backend="cpp", return_stats=True)
+    for row, (low, _) in ties.items():
+        assert eager.argmax[row] == low, "torch.argmax returns the first maximal index"
+    assert torch.equal(stats.argmax, eager.argmax)
+
+
 def test_bf16_inputs():
     hidden, weight, targets, _ = problem(vocab=5003, dtype=torch.bfloat16)
     h1, w1 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
     h2, w2 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
     h3, w3 = fp64(hidden, weight, requires_grad=True)
-    out = linear_cross_entropy(h1, w1, targets, backend="cpp")
+    out, stats = linear_cross_entropy(h1, w1, targets, backend="cpp", return_stats=True)
+    assert_stats_match_eager(stats, hidden, weight, targets, hidden.shape[0])
     ref = linear_cross_entropy_eager(h2, w2, targets)
     ref64 = linear_cross_entropy_fp64(h3, w3, targets)
     assert_close_to_reference("loss", out, ref, ref64)
