@@ -59,6 +59,7 @@ class HybridConfig(PreTrainedConfig):
     head_gradient: "last" (TRM: each step backpropagates through its last recursion only, the state
     carried between steps is detached) or "full" (through every update of every step).
     deep_supervision_weight / enable_deep_supervision: weight of the intermediate-step CE.
+    deep_supervision_interval: decode and supervise every n-th refinement step (and the last); 1 = all.
     freeze_backbone: no gradient into the backbone (chunk_sft default). train_mask_embedding: learn
     the mask token's input embedding even with a frozen backbone.
     head_hidden_size / head_num_heads: width of the refinement head's core block.
@@ -76,7 +77,7 @@ class HybridConfig(PreTrainedConfig):
                  enable_deep_supervision: bool = True, freeze_backbone: bool = True,
                  train_mask_embedding: bool = False, head_hidden_size: int = 256, head_num_heads: int = 4,
                  confidence_threshold: float = 0.9, backend: str = "auto", compact_noisy_stream: bool = True,
-                 head_gradient: str = "last", **kwargs):
+                 head_gradient: str = "last", deep_supervision_interval: int = 1, **kwargs):
         if backbone is None:
             backbone = dict(TINY_BACKBONE)
         if isinstance(backbone, PreTrainedConfig):
@@ -87,6 +88,8 @@ class HybridConfig(PreTrainedConfig):
         for name, value in (("mask_probability", mask_probability), ("confidence_threshold", confidence_threshold)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {value}")
+        if deep_supervision_interval < 1:
+            raise ValueError(f"deep_supervision_interval must be >= 1, got {deep_supervision_interval}")
         if deep_supervision_weight < 0.0:
             raise ValueError(f"deep_supervision_weight must be >= 0, got {deep_supervision_weight}")
         if not 1e-6 <= bd3_t_min <= bd3_t_max <= 1.0:
@@ -112,6 +115,7 @@ class HybridConfig(PreTrainedConfig):
         self.latent_steps = latent_steps
         self.deep_supervision_weight = deep_supervision_weight
         self.enable_deep_supervision = enable_deep_supervision
+        self.deep_supervision_interval = deep_supervision_interval
         self.freeze_backbone = freeze_backbone
         self.train_mask_embedding = train_mask_embedding
         self.head_hidden_size = head_hidden_size

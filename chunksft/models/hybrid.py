@@ -22,7 +22,7 @@ from chunksft.models.attention import ATTN_IMPLEMENTATION, ChunkLayout
 from chunksft.models.config import HybridConfig
 from chunksft.models.head import RefinementHead
 from chunksft.objectives.block_diffusion import block_diffusion_token_weights
-from chunksft.objectives.chunk_sft import chunk_sft_loss, masked_token_ce
+from chunksft.objectives.chunk_sft import chunk_sft_loss, masked_token_ce, supervised_steps
 from chunksft.objectives.diffusion import diffusion_loss
 from chunksft.ops import chunk_mask, diffusion_mask, linear_cross_entropy
 from chunksft.ops.chunk_attention import compact_positions
@@ -295,14 +295,17 @@ class HybridModel(PreTrainedModel):
                                                                             prompt_lens)
         targets = input_ids[rows, token_pos]
         trace = self.refine(chunk_states) if refine else None
-        step_states = trace.states if refine else [chunk_states]
+        step_states, halt_logits = [chunk_states], []
+        if refine:  # only the supervised steps are decoded (deep_supervision_interval)
+            keep = supervised_steps(len(trace.states), cfg.deep_supervision_interval)
+            step_states, halt_logits = [trace.states[k] for k in keep], [trace.confidence[k] for k in keep]
         step_ce, step_pred, final_chunk_ce = [], [], None
         for y in step_states:
             ce, pred, final_chunk_ce = self.lm_loss(self.final_norm(y), self.lm_head.weight, targets)
             step_ce.append(ce)
             step_pred.append(pred)
         if refine:
-            loss, metrics = chunk_sft_loss(step_ce, step_pred, trace.confidence, targets,
+            loss, metrics = chunk_sft_loss(step_ce, step_pred, halt_logits, targets,
                                            deep_supervision_weight=cfg.deep_supervision_weight,
                                            enable_deep_supervision=cfg.enable_deep_supervision)
         else:

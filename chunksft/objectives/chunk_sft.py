@@ -5,9 +5,12 @@ l_k: [M, C, V] and halting logits h_k: [M]:
 
     CE_k   = mean over the M*C tokens of cross_entropy(l_k, t)
     BCE_k  = mean over chunks of BCE_with_logits(h_k, 1[argmax l_k == t for all C tokens])
-    loss   = CE_K + deep_supervision_weight * mean_{k<K} CE_k + mean_k BCE_k
+    loss   = CE_K + deep_supervision_weight * mean_{k in S, k<K} CE_k + mean_{k in S} BCE_k
 
-(the intermediate term is 0 when K == 1 or deep supervision is disabled). Without refinement the
+over the supervised steps S = {k : k % deep_supervision_interval == 0} plus K (`supervised_steps`;
+interval 1, the default, is every step). Only the steps of S are decoded through the LM head, which
+at real vocabularies is the largest per-step cost; the final term never changes. (The intermediate
+term is 0 when S = {K} or deep supervision is disabled.) Without refinement the
 loss is CE of the backbone's logits on the masked tokens. The loss takes CE_k and argmax l_k rather
 than l_k, so the model can compute them without materialising the logits (fused linear CE).
 """
@@ -22,13 +25,20 @@ def token_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().flatten(0, -2), targets.flatten())
 
 
+def supervised_steps(num_steps: int, interval: int) -> list[int]:
+    """0-based indices of the refinement steps that enter the loss: every `interval`-th, and the last."""
+    if interval < 1:
+        raise ValueError(f"deep_supervision_interval must be >= 1, got {interval}")
+    return sorted({k for k in range(num_steps) if (k + 1) % interval == 0} | {num_steps - 1})
+
+
 def chunk_sft_loss(step_ce: list[torch.Tensor], step_predictions: list[torch.Tensor], halt_logits: list[torch.Tensor],
                    targets: torch.Tensor, *, deep_supervision_weight: float, enable_deep_supervision: bool = True
                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The formula of the module docstring.
 
-    step_ce: K scalars CE_k; step_predictions: K x int64 [M, C] argmax l_k; halt_logits: K x [M];
-    targets: int64 [M, C]. Returns (loss, metrics of detached scalars).
+    step_ce: CE_k of the supervised steps (the final step last); step_predictions: their int64 [M, C]
+    argmax l_k; halt_logits: their [M]; targets: int64 [M, C]. Returns (loss, metrics of detached scalars).
     """
     final = step_ce[-1]
     intermediate = torch.stack(step_ce[:-1]).mean() if len(step_ce) > 1 and enable_deep_supervision \
@@ -79,8 +89,13 @@ def per_chunk_loop(model, input_ids: torch.Tensor, prompt_lens: torch.Tensor, ch
 
 
 def loop_loss(step_logits: list[torch.Tensor], halt_logits: list[torch.Tensor], targets: torch.Tensor, *,
-              deep_supervision_weight: float, enable_deep_supervision: bool = True):
-    """`chunk_sft_loss` of `per_chunk_loop`'s logits (the eager reference of the objective)."""
+              deep_supervision_weight: float, enable_deep_supervision: bool = True,
+              deep_supervision_interval: int = 1):
+    """`chunk_sft_loss` of `per_chunk_loop`'s logits (the eager reference of the objective), on the
+    supervised steps."""
+    if halt_logits:
+        keep = supervised_steps(len(step_logits), deep_supervision_interval)
+        step_logits, halt_logits = [step_logits[k] for k in keep], [halt_logits[k] for k in keep]
     return chunk_sft_loss([token_ce(logits, targets) for logits in step_logits],
                           [logits.argmax(dim=-1) for logits in step_logits], halt_logits, targets,
                           deep_supervision_weight=deep_supervision_weight,

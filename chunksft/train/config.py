@@ -104,6 +104,8 @@ class ObjectiveConfig:
     bd3_t_max: float = 1.0
     deep_supervision_weight: float = 0.3
     enable_deep_supervision: bool = True
+    # Decode (and supervise) only every n-th refinement step plus the last: fewer LM-head passes.
+    deep_supervision_interval: int = 1
 
 
 @dataclass
@@ -428,6 +430,7 @@ def validate(cfg: TrainConfig) -> None:
     need(1e-6 <= o.bd3_t_min <= 1.0, "objective.bd3_t_min", "must lie in [1e-6, 1], e.g. 0.001")
     need(o.bd3_t_min <= o.bd3_t_max <= 1.0, "objective.bd3_t_max", "must lie in [bd3_t_min, 1], e.g. 1.0")
     need(o.deep_supervision_weight >= 0.0, "objective.deep_supervision_weight", "must be >= 0, e.g. 0.3")
+    need(o.deep_supervision_interval >= 1, "objective.deep_supervision_interval", "must be >= 1 (1 = every step)")
     need(m.max_recursive_steps >= 1, "model.max_recursive_steps", "must be >= 1, e.g. 8")
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "head_hidden_size"):
         need(getattr(m, key) is None or getattr(m, key) > 0, f"model.{key}", "must be a positive integer or null")

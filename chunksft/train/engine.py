@@ -96,6 +96,7 @@ def hybrid_kwargs(cfg: TrainConfig, tokenizer) -> dict[str, Any]:
                 steps_per_chunk=min(cfg.data.steps_per_chunk, cfg.objective.chunk_size),
                 deep_supervision_weight=cfg.objective.deep_supervision_weight,
                 enable_deep_supervision=cfg.objective.enable_deep_supervision,
+                deep_supervision_interval=cfg.objective.deep_supervision_interval,
                 max_recursive_steps=cfg.model.max_recursive_steps, head_gradient=cfg.model.head_gradient,
                 freeze_backbone=cfg.freeze_backbone,
                 backend=cfg.model.backend, mask_token_id=tokenizer.mask_token_id)

@@ -64,6 +64,26 @@ def test_one_pass_equals_per_chunk_loop(model):
     assert torch.equal(refined.chunk_predictions, loop_steps[-1].argmax(-1))
 
 
+def test_supervising_every_other_step_keeps_the_final_term():
+    """deep_supervision_interval=2 with K=4: only steps 2 and 4 are decoded; the one pass still equals
+    the loop's objective on those steps, the final CE is the all-steps run's, the intermediate differs."""
+    torch.manual_seed(0)
+    every = HybridModel(HybridConfig(max_recursive_steps=4, freeze_backbone=False)).eval()
+    torch.nn.init.normal_(every.head.delta.weight, std=0.02)
+    every_other = copy.deepcopy(every)
+    every_other.config.deep_supervision_interval = 2
+    ids, mask, prompts = batch([7, 21], [3, 2])
+    chunk_masked = torch.tensor([[1, 0, 1], [1, 1, 0]], dtype=torch.bool)
+    with torch.no_grad():
+        outs = [m(ids, attention_mask=mask, prompt_lens=prompts, training_mode="chunk_sft", chunk_masked=chunk_masked)
+                for m in (every, every_other)]
+        loop_steps, loop_halt, targets = per_chunk_loop(every_other, ids, prompts, chunk_masked)
+    reference, _ = loop_loss(loop_steps, loop_halt, targets, deep_supervision_weight=0.3, deep_supervision_interval=2)
+    assert_close_to_reference("loss", outs[1].loss, reference, reference.double())
+    assert torch.equal(outs[0].metrics["ce_final"], outs[1].metrics["ce_final"])
+    assert not torch.equal(outs[0].metrics["ce_intermediate"], outs[1].metrics["ce_intermediate"])
+
+
 def test_bidirectional_pass_differs_from_block_causal(model):
     # The contract's warning: a plain bidirectional forward is a different function.
     ids, mask, prompts = batch([9], [3])
