@@ -237,12 +237,18 @@ def check_config_hash(point: ResumePoint, config_hash: str, config: dict, allow_
         return None
     old = point.marker.get("config", {})
     changed = sorted(f"{section}.{key}" for section, body in config.items() for key, value in body.items()
-                     if old.get(section, {}).get(key, value) != value)
-    detail = f"changed: {', '.join(changed)}" if changed else "changed fields unknown"
+                     if key in old.get(section, {}) and old[section][key] != value)
+    # Keys this version of chunksft has and the checkpoint's did not (a newer release added them).
+    added = sorted(f"{section}.{key}" for section, body in config.items() for key in body
+                   if old and key not in old.get(section, {}))
+    parts = ([f"changed: {', '.join(changed)}"] if changed else []) + \
+        ([f"not in that checkpoint's config (added by a newer chunksft): {', '.join(added)}"] if added else [])
+    detail = "; ".join(parts) or "changed fields unknown"
     line = (f"{os.path.join(point.ckpt_root, point.tag)} was written with config hash {saved}, this run has "
             f"{config_hash} ({detail})")
     if not allow_mismatch:
-        raise CheckpointError(line + "; restore those values or pass --allow_config_mismatch true")
+        raise CheckpointError(line + "; restore those values, pass --allow_config_mismatch true, or start over with "
+                                     "--resume none (the old run moves to previous_runs/)")
     return "warning: " + line + "; continuing because --allow_config_mismatch is set"
 
 

@@ -129,3 +129,20 @@ def test_config_hash_mismatch_names_changed_keys(tmp_path):
     assert "objective.chunk_size" in str(info.value) and "--allow_config_mismatch" in str(info.value)
     warning = check_config_hash(point, other.hash(), other.hashed_dict(), allow_mismatch=True)
     assert warning.startswith("warning:") and "objective.chunk_size" in warning
+
+
+def test_config_hash_mismatch_names_keys_a_newer_version_added(tmp_path):
+    """A checkpoint from an older chunksft lacks keys added since: the line names them."""
+    cfg = load_config([])
+    saved_config = cfg.to_dict()
+    del saved_config["model"]["head_gradient"]
+    make_tag(tmp_path, 3, config_hash="0" * 16)
+    marker_path = tmp_path / "checkpoints" / "global_step3" / "COMPLETE"
+    marker = json.loads(marker_path.read_text())
+    marker["config"] = saved_config
+    marker_path.write_text(json.dumps(marker))
+    point = find_resume("auto", str(tmp_path), 2)
+    with pytest.raises(CheckpointError) as info:
+        check_config_hash(point, cfg.hash(), cfg.hashed_dict(), allow_mismatch=False)
+    assert "added by a newer chunksft): model.head_gradient" in str(info.value)
+    assert "changed:" not in str(info.value)
