@@ -435,8 +435,8 @@ def format_eval(result: dict) -> str:
 
 def run(cfg: TrainConfig, dist_info: DistInfo) -> Optional[dict]:
     """Train under an exclusive lock of the output folder (global rank 0 holds it), with SIGTERM /
-    SIGINT turned into a save-and-stop from the start, so a signal during the (possibly slow) setup
-    never interrupts DeepSpeed's first-start op build either."""
+    SIGINT turned into a save-and-stop from the start: a signal during the (possibly slow) setup
+    (loading a large backbone, a universal conversion) is honoured once it is done."""
     lock = RunLock(cfg.training.output_dir)
     with StopSignals(announce=dist_info.is_main) as signals:
         try:
