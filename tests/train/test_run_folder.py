@@ -74,3 +74,14 @@ def test_resume_on_changed_rows_is_one_line(tmp_path, train_flags, data_files):
     assert "continuing on the new rows from a fresh epoch" in proc.stdout
     assert json.loads((out / "run_info.json").read_text())["start_step"] == 1
     assert max(row["step"] for row in read_jsonl(out / "metrics.jsonl")) == 2 < STEPS
+
+
+def test_time_based_save(tmp_path, train_flags):
+    """--save_every_minutes: a save whenever that much time passed since the last one (here a few
+    milliseconds: every step), independent of --save_interval."""
+    out = tmp_path / "out"
+    run(module_cmd("chunksft.train", *train_flags, *QUIET, "--output_dir", str(out), "--save_interval", "0",
+                   "--save_every_minutes", "0.0001", "--keep_last", "10", "--stop_at_step", "3"),
+        log=tmp_path / "timed.log")
+    assert sorted(p.name for p in (out / "checkpoints").glob("global_step*")) == \
+        ["global_step1", "global_step2", "global_step3"]
