@@ -3,14 +3,15 @@ in float64 itself."""
 import torch
 import torch.nn.functional as F
 
-from chunksft.ops.linear_cross_entropy import linear_cross_entropy_eager
+from chunksft.ops.linear_cross_entropy import LinearCEStats, linear_cross_entropy_eager
 from tests.tolerance import assert_close_to_reference, fp64
 
 
 def linear_cross_entropy_fp64(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
                               token_weights: torch.Tensor | None = None, ignore_index: int = -100,
-                              reduction: str = "mean") -> torch.Tensor:
-    """`linear_cross_entropy_eager`'s formula (its docstring) in float64.
+                              reduction: str = "mean", return_stats: bool = False):
+    """`linear_cross_entropy_eager`'s formula (its docstring) in float64; with `return_stats`,
+    `(loss, LinearCEStats)` as the op returns them (ce in float64).
 
     The eager reference computes fp32 logits by contract (`hidden.float()`), so run on float64 copies
     it would still round in fp32; this is the same formula with every step in float64. The tolerance
@@ -23,11 +24,15 @@ def linear_cross_entropy_fp64(hidden: torch.Tensor, weight: torch.Tensor, target
     ce = F.cross_entropy(logits, targets.masked_fill(~keep, 0), reduction="none")
     weights = torch.ones_like(ce) if token_weights is None else token_weights.double()
     loss = ce * torch.where(keep, weights, torch.zeros_like(weights))
-    if reduction == "none":
-        return loss
     if reduction == "sum":
-        return loss.sum()
-    return loss.sum() / torch.where(keep, weights, torch.zeros_like(weights)).sum()
+        loss = loss.sum()
+    elif reduction == "mean":
+        loss = loss.sum() / torch.where(keep, weights, torch.zeros_like(weights)).sum()
+    if not return_stats:
+        return loss
+    stats = LinearCEStats(ce=torch.where(keep, ce, torch.zeros_like(ce)).detach(),
+                          argmax=torch.where(keep, logits.argmax(dim=-1), torch.full_like(targets, -1)))
+    return loss, stats
 
 
 def linear_cross_entropy_eager_blocked(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,

@@ -130,8 +130,8 @@ def test_model_chunk_sft_cpp_matches_eager(monkeypatch):
     models["fp64"] = copy.deepcopy(models["eager"]).double()
     # The eager linear CE computes fp32 logits by contract: the fp64 model's LM-head loss runs its formula in fp64.
     fused_ce = hybrid.linear_cross_entropy
-    monkeypatch.setattr(hybrid, "linear_cross_entropy", lambda h, w, t, **kw: linear_cross_entropy_fp64(h, w, t) if
-                        h.dtype == torch.float64 else fused_ce(h, w, t, **kw))
+    monkeypatch.setattr(hybrid, "linear_cross_entropy", lambda h, w, t, backend, **kw: linear_cross_entropy_fp64(
+        h, w, t, **kw) if h.dtype == torch.float64 else fused_ce(h, w, t, backend=backend, **kw))
     g = torch.Generator().manual_seed(3)
     ids = torch.randint(5, 200, (2, 71), generator=g)
     attn = torch.ones_like(ids)
