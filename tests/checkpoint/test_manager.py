@@ -111,6 +111,15 @@ def test_prune_keeps_last_k_complete_and_newer_incomplete(tmp_path):
     assert not (tmp_path / "checkpoints" / "global_step1_universal").exists()
 
 
+def point_with_config(tmp_path, step: int, config: dict):
+    """Record `config` as tag `step`'s training config in its marker; the resume point of that tag."""
+    marker_path = tmp_path / "checkpoints" / f"global_step{step}" / "COMPLETE"
+    marker = json.loads(marker_path.read_text())
+    marker["config"] = config
+    marker_path.write_text(json.dumps(marker))
+    return find_resume("auto", str(tmp_path), 2)
+
+
 def test_config_hash_mismatch_names_changed_keys(tmp_path):
     cfg = load_config([])
     make_tag(tmp_path, 3, config_hash=cfg.hash())
@@ -118,12 +127,7 @@ def test_config_hash_mismatch_names_changed_keys(tmp_path):
     assert check_config_hash(point, cfg.hash(), cfg.hashed_dict(), allow_mismatch=False) is None
 
     other = load_config(["--chunk_size", "8"])
-    saved_config = cfg.to_dict()
-    marker_path = tmp_path / "checkpoints" / "global_step3" / "COMPLETE"
-    marker = json.loads(marker_path.read_text())
-    marker["config"] = saved_config
-    marker_path.write_text(json.dumps(marker))
-    point = find_resume("auto", str(tmp_path), 2)
+    point = point_with_config(tmp_path, 3, cfg.to_dict())
     with pytest.raises(CheckpointError) as info:
         check_config_hash(point, other.hash(), other.hashed_dict(), allow_mismatch=False)
     assert "objective.chunk_size" in str(info.value) and "--allow_config_mismatch" in str(info.value)
@@ -137,11 +141,7 @@ def test_config_hash_mismatch_names_keys_a_newer_version_added(tmp_path):
     saved_config = cfg.to_dict()
     del saved_config["model"]["head_gradient"]
     make_tag(tmp_path, 3, config_hash="0" * 16)
-    marker_path = tmp_path / "checkpoints" / "global_step3" / "COMPLETE"
-    marker = json.loads(marker_path.read_text())
-    marker["config"] = saved_config
-    marker_path.write_text(json.dumps(marker))
-    point = find_resume("auto", str(tmp_path), 2)
+    point = point_with_config(tmp_path, 3, saved_config)
     with pytest.raises(CheckpointError) as info:
         check_config_hash(point, cfg.hash(), cfg.hashed_dict(), allow_mismatch=False)
     assert "added by a newer chunksft): model.head_gradient" in str(info.value)

@@ -17,6 +17,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 STEPS, HALF = 6, 3
+# Run-only flags (not in the config hash): no evaluation, TensorBoard or plot, so a run costs its
+# launch and its training steps only.
+QUIET = ["--eval_interval", "0", "--eval_loss_rows", "0", "--eval_generate_rows", "0", "--tensorboard", "false",
+         "--plot", "false"]
 
 # Runs chunksft.train with the model's training loss made NaN on chosen forward calls (1-based).
 NAN_RUNNER = """
@@ -113,3 +117,11 @@ def start(cmd: list[str], *, log: Path, env: dict[str, str] | None = None) -> su
     """Start `cmd` from the repository root in the background, output to `log`."""
     return subprocess.Popen(cmd, cwd=REPO, env=run_env(**(env or {})), stdout=log.open("w"),
                             stderr=subprocess.STDOUT, text=True)
+
+
+def assert_one_error_line(proc: subprocess.CompletedProcess, expected: str) -> None:
+    """A failed run that printed exactly one `error...` line on stderr, containing `expected`, and no traceback."""
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and expected in errors[0], proc.stderr[-3000:]

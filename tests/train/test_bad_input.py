@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from launching import HALF, NAN_RUNNER, module_cmd, run, tree_digest
+from launching import HALF, NAN_RUNNER, assert_one_error_line, module_cmd, run, tree_digest
 
 pytestmark = pytest.mark.faults
 GOOD = '{"question": "Tom has 2 apples and buys 3 more. How many now?", "steps": ["2 + 3 = 5"], "answer": "5"}'
@@ -80,13 +80,6 @@ FAST = {"unknown-flag", "bad-probability", "checkpoint-chunk-size-mismatch", "fl
 # Environment of a case's run: the hub case runs in offline mode (same error path as a machine
 # without network, without waiting for retries, and whatever the hub holds).
 CASE_ENV = {"offline-hub-backbone": {"HF_HUB_OFFLINE": "1"}}
-
-
-def assert_one_error_line(proc, expected: str) -> None:
-    assert proc.returncode != 0, proc.stdout[-2000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error")]
-    assert len(errors) == 1 and expected in errors[0], proc.stderr[-3000:]
 
 
 @pytest.fixture

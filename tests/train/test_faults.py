@@ -20,21 +20,17 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from launching import HALF, REPO, STEPS, assert_same_weights, deepspeed_cmd, free_port, run, run_env, start, tree_digest
+from launching import (HALF, QUIET, REPO, STEPS, assert_one_error_line, assert_same_weights, deepspeed_cmd, free_port,
+                       module_cmd, run, run_env, start, tree_digest)
 
 pytestmark = pytest.mark.faults
 FAULT = "CHUNKSFT_FAULT"
-# Run-only flags (not in the config hash): no evaluation, TensorBoard or plot, so a fault run costs
-# its launch and its training steps only.
-QUIET = ["--eval_interval", "0", "--eval_loss_rows", "0", "--eval_generate_rows", "0", "--tensorboard", "false",
-         "--plot", "false"]
 
 
 def tag(run_dir: Path, step: int) -> Path:
@@ -135,11 +131,9 @@ def test_busy_folder_is_refused_then_ctrl_c_saves(tmp_path, train_flags):
             assert first.poll() is None and time.time() < deadline, log.read_text()[-3000:]
             time.sleep(0.1)
         owner = json.loads((tmp_path / LOCK_FILE).read_text())
-        second = run([sys.executable, "-m", "chunksft.train", *train_flags, "--output_dir", str(tmp_path)],
-                     check=False)
-        errors = [line for line in second.stderr.splitlines() if line.startswith("error")]
-        assert second.returncode == 2 and len(errors) == 1, second.stderr[-3000:]
-        assert f"in use by another run (host {owner['host']}, pid {owner['pid']}" in errors[0]
+        second = run(module_cmd("chunksft.train", *train_flags, "--output_dir", str(tmp_path)), check=False)
+        assert second.returncode == 2
+        assert_one_error_line(second, f"in use by another run (host {owner['host']}, pid {owner['pid']}")
         os.killpg(first.pid, signal.SIGINT)
         assert first.wait(timeout=300) != 0
     finally:

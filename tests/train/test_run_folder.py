@@ -13,19 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from launching import STEPS, module_cmd, read_jsonl, run, tree_digest
+from launching import QUIET, STEPS, assert_one_error_line, module_cmd, read_jsonl, run, tree_digest
 
 pytestmark = pytest.mark.faults
-QUIET = ["--eval_interval", "0", "--eval_loss_rows", "0", "--eval_generate_rows", "0", "--tensorboard", "false",
-         "--plot", "false"]
-
-
-def one_line(proc, prefix: str, expected: str) -> str:
-    """The single stderr line starting with `prefix`, which must contain `expected`; no traceback."""
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    lines = [line for line in proc.stderr.splitlines() if line.startswith(prefix)]
-    assert len(lines) == 1 and expected in lines[0], proc.stderr[-3000:]
-    return lines[0]
 
 
 def test_fresh_start_moves_the_previous_run_aside(run_a, tmp_path, train_flags):
@@ -68,7 +58,7 @@ def test_resume_on_changed_rows_is_one_line(tmp_path, train_flags, data_files):
         data.write_text("\n".join(changed) + "\n")
         proc = run(module_cmd("chunksft.train", *flags, "--stop_at_step", "2"), check=False)
         assert proc.returncode == 2
-        one_line(proc, "error", "was trained on other rows")
+        assert_one_error_line(proc, "was trained on other rows")
         assert tree_digest(out / "checkpoints") == saved
     proc = run(module_cmd("chunksft.train", *flags, "--stop_at_step", "2", "--allow_data_change", "true"))
     assert "continuing on the new rows from a fresh epoch" in proc.stdout
