@@ -2,9 +2,10 @@
 # the caller's folder are made absolute, so `cd` changes nothing for the user.
 #   CALLER_DIR           the folder the script was started from
 #   caller_path P        P as an absolute path when it is relative and exists under CALLER_DIR, else P
-#   caller_args ARGS...  fills the array CALLER_ARGS with ARGS, where the value of each path flag
-#                        (also --flag=value) goes through caller_path; --output_dir, which may not
-#                        exist yet, is always taken relative to the caller
+#   caller_value FLAG V  the value V of path flag FLAG: --output_dir (which may not exist yet) always
+#                        relative to the caller, any other through caller_path
+#   caller_args ARGS...  fills the array CALLER_ARGS with ARGS, the value of each path flag (also
+#                        --flag=value) through caller_value
 
 CALLER_DIR=$PWD
 PATH_FLAGS=" config output_dir training.output_dir deepspeed_config training.deepspeed_config resume checkpoint.resume \
@@ -17,7 +18,7 @@ caller_path() {
     printf '%s' "$path"
 }
 
-_caller_value() {  # _caller_value FLAG VALUE
+caller_value() {
     case "$1" in
         output_dir|training.output_dir) [[ "$2" == /* ]] && printf '%s' "$2" || printf '%s' "$CALLER_DIR/$2" ;;
         *) caller_path "$2" ;;
@@ -29,13 +30,13 @@ caller_args() {
     local flag="" arg name
     for arg in "$@"; do
         if [[ -n "$flag" ]]; then
-            CALLER_ARGS+=("$(_caller_value "$flag" "$arg")")
+            CALLER_ARGS+=("$(caller_value "$flag" "$arg")")
             flag=""
             continue
         fi
         if [[ "$arg" == --*=* ]]; then
             name=${arg%%=*}; name=${name#--}
-            if [[ "$PATH_FLAGS" == *" $name "* ]]; then arg="--$name=$(_caller_value "$name" "${arg#*=}")"; fi
+            if [[ "$PATH_FLAGS" == *" $name "* ]]; then arg="--$name=$(caller_value "$name" "${arg#*=}")"; fi
         elif [[ "$arg" == --* && "$PATH_FLAGS" == *" ${arg#--} "* ]]; then
             flag=${arg#--}
         fi

@@ -89,7 +89,7 @@ if [[ $# -gt 0 ]]; then
 fi
 
 # The default job.
-OUT=$(_caller_value output_dir "${OUTPUT_ROOT:-runs}")
+OUT=$(caller_value output_dir "${OUTPUT_ROOT:-runs}")
 DATASET=${DATASET:+$(caller_path "$DATASET")}
 DATA=()
 if [[ -n "${DATASET:-}" ]]; then

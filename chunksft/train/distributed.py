@@ -88,9 +88,7 @@ def all_mean(values: torch.Tensor) -> torch.Tensor:
 
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True when `flag` is True on at least one rank (every rank gets the same answer)."""
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item() > 0)
+    return max_over_ranks([float(flag)], device)[0] > 0
 
 
 def max_over_ranks(values: list[float], device: torch.device) -> list[float]:
