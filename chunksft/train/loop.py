@@ -20,7 +20,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from chunksft.checkpoint.manager import CheckpointManager, check_config_hash, fault_here, find_resume
+from chunksft.checkpoint.manager import (CHECKPOINTS, CheckpointManager, check_config_hash, fault_here, find_resume,
+                                         tag_for)
 from chunksft.data import ChunkCollator, DataError, StatefulDistributedSampler, build_dataset, debug_view, load_tokenizer
 from chunksft.evaluate import answer_accuracy
 from chunksft.ops.chunk_mask import ChunkMask
@@ -79,7 +80,8 @@ class Trainer:
         # backbone's embedding rows past the tokenizer's length are free for it, checked in build_model).
         self.tokenizer = load_tokenizer(cfg.data.tokenizer, add_mask_token=True)
         self.train_set, self.eval_set = self._datasets()
-        self.data_identity = {"rows": len(self.train_set), "fingerprint": self.train_set.fingerprint()}
+        # Rank 0 alone reads it (the resume check, the marker it writes): hashed there once.
+        self.data_identity = on_main(lambda: {"rows": len(self.train_set), "fingerprint": self.train_set.fingerprint()})
         self.data_changed = False
         self.sampler = StatefulDistributedSampler(self.train_set, dist_info.world_size, dist_info.rank,
                                                   shuffle=True, seed=cfg.training.seed)
@@ -90,7 +92,7 @@ class Trainer:
 
         self.resume_point = self._resolve_resume()
         if self.resume_point is None or os.path.abspath(self.resume_point.ckpt_root) != \
-                os.path.abspath(os.path.join(self.out_dir, "checkpoints")):
+                os.path.abspath(os.path.join(self.out_dir, CHECKPOINTS)):
             # A new run in this folder (fresh, or continuing another folder's checkpoint): the files
             # of the run that was here go aside as a whole, so two runs never mix.
             moved = on_main(lambda: move_previous_run(self.out_dir))
@@ -306,7 +308,7 @@ class Trainer:
         name = signal_name(signum)
         if saved is None:
             raise TrainingStopped(f"stopped by {name} before the first training step; nothing new to save", signum)
-        path = os.path.join(self.out_dir, "checkpoints", f"global_step{saved}")
+        path = os.path.join(self.out_dir, CHECKPOINTS, tag_for(saved))
         raise TrainingStopped(f"stopped by {name} after step {saved}; saved {path}: relaunch with --resume auto "
                               "to continue", signum)
 
