@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from chunksft.ops._backend import resolve_backend
 from chunksft.ops._triton import kernel, lazy_jit, next_power_of_2
-from chunksft.ops.masks import LAYOUTS, chunk_attention_mask
+from chunksft.ops.masks import LAYOUTS, block_ids, chunk_attention_mask, visible
 
 
 def chunk_attention_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, prompt_lens: torch.Tensor,
@@ -68,28 +68,23 @@ def compact_positions(chunk_index: torch.Tensor, prompt_lens: torch.Tensor, chun
     return torch.where(real, pos, torch.zeros_like(pos)), real
 
 
-def _compact_to_bd3_index(chunk_index: torch.Tensor, prompt_lens: torch.Tensor, chunk_size: int,
-                          seq_len: int) -> torch.Tensor:
-    """bd3 position of every compact position (-1 for padding slots).  -> int64 [B, NM*C + L]"""
-    pos, real = compact_positions(chunk_index, prompt_lens, chunk_size, seq_len)
-    noisy = torch.where(real, pos, torch.full_like(pos, -1))
-    clean = seq_len + torch.arange(seq_len, device=pos.device).expand(pos.shape[0], -1)
-    return torch.cat([noisy, clean], dim=1)
-
-
 def compact_attention_mask(prompt_lens: torch.Tensor, seq_len: int, chunk_index: torch.Tensor, *,
                            chunk_size: int = 16, seq_lens: torch.Tensor | None = None) -> torch.Tensor:
-    """Dense mask of the compact layout: the bd3 mask restricted to the compact positions.
+    """Dense mask of the compact layout: the bd3 mask restricted to the compact positions, evaluated
+    with `masks.visible` on the compact positions' block ids and streams (no [2L, 2L] bd3 mask).
 
     Returns bool [B, S, S] with S = NM*C + L; padding slots neither see nor are seen.
     """
-    bd3 = chunk_attention_mask(prompt_lens, seq_len, chunk_size=chunk_size, layout="bd3", seq_lens=seq_lens)
-    index = _compact_to_bd3_index(chunk_index, prompt_lens, chunk_size, seq_len).to(bd3.device)
-    real = index >= 0
-    safe = index.clamp(min=0)
-    rows = torch.gather(bd3, 1, safe[:, :, None].expand(-1, -1, bd3.shape[2]))
-    mask = torch.gather(rows, 2, safe[:, None, :].expand(-1, safe.shape[1], -1))
-    return mask & real[:, :, None] & real[:, None, :]
+    pos, real = compact_positions(chunk_index, prompt_lens, chunk_size, seq_len)  # noisy slots: [B, NM*C]
+    blocks = block_ids(prompt_lens, seq_len, chunk_size).to(pos.device)          # x_0: [B, L]
+    tokens = torch.ones_like(blocks, dtype=torch.bool) if seq_lens is None else \
+        torch.arange(seq_len, device=pos.device)[None, :] < seq_lens.to(pos.device)[:, None]
+    block = torch.cat([torch.gather(blocks, 1, pos), blocks], dim=1)
+    clean = torch.cat([torch.zeros_like(real), torch.ones_like(tokens)], dim=1)
+    valid = torch.cat([real & torch.gather(tokens, 1, pos), tokens], dim=1)     # keys that exist
+    present = torch.cat([real, torch.ones_like(tokens)], dim=1)                  # queries that exist
+    mask = visible(block[:, :, None], clean[:, :, None], block[:, None, :], clean[:, None, :], "bd3")
+    return mask & valid[:, None, :] & present[:, :, None]
 
 
 def chunk_attention_compact_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, prompt_lens: torch.Tensor,

@@ -6,8 +6,8 @@ import torch
 from chunksft.ops import chunk_attention
 from chunksft.ops._backend import resolve_backend
 from chunksft.ops.chunk_attention import (chunk_attention_compact_eager, chunk_attention_eager,
-                                          chunk_attention_triton, compact_attention_mask, kernel_configs,
-                                          tile_schedule)
+                                          chunk_attention_triton, compact_attention_mask, compact_positions,
+                                          kernel_configs, tile_schedule)
 from chunksft.ops.masks import chunk_attention_mask
 from tests.tolerance import assert_close_to_reference, fp64
 
@@ -145,6 +145,32 @@ def test_compact_sdpa_path_matches_the_reference(name):
                               torch.autograd.grad(ref, ref_in, grad.double())):
         assert torch.isfinite(a).all()
         assert_close_to_reference(f"d{name_}", a, b, c)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_compact_mask_is_the_bd3_mask_restricted(seed):
+    """compact_attention_mask (evaluated on the compact positions) == the dense bd3 mask's rows and
+    columns at those positions, padding slots seeing and seen by nothing; random awkward layouts
+    (prompts not chunk-aligned, ragged seq_lens, rows without masked chunks)."""
+    g = torch.Generator().manual_seed(seed)
+    batch, chunk = 3, int(torch.randint(1, 6, (1,), generator=g))
+    seq_len = int(torch.randint(12, 40, (1,), generator=g))
+    prompts = torch.randint(0, seq_len - chunk + 1, (batch,), generator=g)
+    seq_lens = torch.stack([torch.randint(int(p) + chunk, seq_len + 1, (1,), generator=g)[0] for p in prompts])
+    n_chunks = [(seq_len - int(p)) // chunk for p in prompts]
+    chunk_index = torch.full((batch, max(n_chunks)), -1)
+    for b, n in enumerate(n_chunks):
+        picked = torch.sort(torch.randperm(n, generator=g)[:int(torch.randint(0, n + 1, (1,), generator=g))]).values
+        chunk_index[b, :len(picked)] = picked
+    bd3 = chunk_attention_mask(prompts, seq_len, chunk_size=chunk, layout="bd3", seq_lens=seq_lens)
+    pos, real = compact_positions(chunk_index, prompts, chunk, seq_len)
+    index = torch.cat([torch.where(real, pos, -1), seq_len + torch.arange(seq_len).expand(batch, -1)], dim=1)
+    for b in range(batch):
+        kept = index[b] >= 0
+        expected = torch.zeros(len(kept), len(kept), dtype=torch.bool)
+        expected[kept[:, None] & kept[None, :]] = bd3[b][index[b][kept]][:, index[b][kept]].flatten()
+        mask = compact_attention_mask(prompts, seq_len, chunk_index, chunk_size=chunk, seq_lens=seq_lens)[b]
+        assert torch.equal(mask, expected)
 
 
 def test_compact_reference_is_the_bd3_rows():
