@@ -2,7 +2,7 @@
 
 Part "single" (one process, `torch.set_num_threads(--threads)`, default 1): one training step =
 forward + backward (gradients zeroed first; no optimizer update, like the docs/design.md §4 anchor) of
-  loop   the naive per-chunk loop (`chunksft.objectives.chunk_sft.per_chunk_loop`: one block_causal
+  loop   the naive per-chunk loop (`chunksft.models.per_chunk_loop.per_chunk_loop`: one block_causal
          forward per masked chunk, eager backend) + the same loss;
   eager  one bd3 pass, backend="eager", compact_noisy_stream=False: SDPA + dense [2L, 2L] mask (the anchor);
   fused  one bd3 pass, backend="auto" (C++ on CPU when built) + compact_noisy_stream=True;
@@ -92,7 +92,7 @@ def build_models(backbone: dict, freeze: bool):
 
 def step_fns(models, ids, prompt_lens, chunk_masked):
     """{provider: fn()} where fn runs one fwd+bwd step and returns the loss."""
-    from chunksft.objectives.chunk_sft import loop_loss, per_chunk_loop
+    from chunksft.models.per_chunk_loop import loop_loss, per_chunk_loop
 
     def zero(model):
         for p in model.parameters():

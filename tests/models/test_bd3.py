@@ -7,7 +7,7 @@ import torch
 
 from chunksft.models import HybridConfig, HybridModel
 from chunksft.objectives.block_diffusion import block_diffusion_loss
-from chunksft.objectives.chunk_sft import per_chunk_loop
+from chunksft.models.per_chunk_loop import per_chunk_loop
 from tests.tolerance import assert_close_to_reference
 
 C = 16

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from chunksft.models import HybridConfig, HybridModel
-from chunksft.objectives.chunk_sft import chunk_sft_loss, loop_loss, per_chunk_loop
+from chunksft.models.per_chunk_loop import loop_loss, per_chunk_loop
+from chunksft.objectives.chunk_sft import chunk_sft_loss
 from tests.tolerance import assert_close_to_reference
 
 C = 16
