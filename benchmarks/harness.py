@@ -194,6 +194,13 @@ def machine() -> dict[str, Any]:
         pass
     info = dict(cpu=cpu, cores=os.cpu_count(), torch_threads=torch.get_num_threads(), torch=torch.__version__,
                 python=platform.python_version())
+    try:  # the vector ISA and what runs on it: csrc's SIMD clone, ATen's kernels, the BLAS
+        from chunksft.env import machine as env_machine
+
+        found = env_machine()
+        info.update({k: found[k] for k in ("cpu", "isa", "simd_clone", "aten_capability", "blas") if k in found})
+    except Exception:  # noqa: BLE001 - an informational field must never fail a benchmark
+        pass
     if hasattr(os, "getloadavg"):
         info["loadavg_1m"] = round(os.getloadavg()[0], 2)
     if torch.cuda.is_available():
@@ -237,7 +244,7 @@ def report(name: str, rows: list[Row], *, rate_unit: str = "useful GFLOP/s", bas
     RESULTS.mkdir(parents=True, exist_ok=True)
     records = [asdict(r) for r in rows]
     with open(RESULTS / f"{name}.json", "w") as f:
-        json.dump({"meta": meta or {}, "rate_unit": rate_unit, "rows": records}, f, indent=1)
+        json.dump({"meta": meta or {}, "machine": machine(), "rate_unit": rate_unit, "rows": records}, f, indent=1)
     with open(RESULTS / f"{name}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[k for k in records[0] if k != "extra"], extrasaction="ignore")
         writer.writeheader()
@@ -282,11 +289,17 @@ def markdown_summary(results: Path = RESULTS) -> str:
     parts = []
     for path in sorted(results.glob("*.json")):
         data = json.loads(path.read_text())
-        rows, meta, unit = data.get("rows", []), data.get("meta", {}), data.get("rate_unit", "rate")
-        if not rows:
-            continue
+        if not isinstance(data, dict) or not data.get("rows"):
+            continue  # not a timing report (cost_model, learning: their own README sections)
+        rows, meta, unit = data["rows"], data.get("meta", {}), data.get("rate_unit", "rate")
         shown = {k: v for k, v in meta.items() if not isinstance(v, (dict, list))}
         parts.append(f"**{path.stem}** — " + ", ".join(f"{k}={v}" for k, v in shown.items()) + "\n")
+        if data.get("machine"):
+            m = data["machine"]
+            isa = "+".join(m.get("isa", [])) or "?"
+            parts.append(f"machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, ISA {isa}, csrc SIMD clone "
+                         f"{m.get('simd_clone', '?')}, ATen {m.get('aten_capability', '?')}, BLAS {m.get('blas', '?')}"
+                         + (f", load {m['loadavg_1m']}" if "loadavg_1m" in m else "") + "\n")
         parts.append(f"| provider | case | median ms | p20-p80 ms | peak MB | {unit} | note |")
         parts.append("|---|---|---:|---:|---:|---:|---|")
         for r in rows:
