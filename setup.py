@@ -66,7 +66,7 @@ setup(
     entry_points={
         "console_scripts": [
             "chunksft-train=chunksft.train.__main__:main",
-            "chunksft-export=chunksft.export:main",
+            "chunksft-export=chunksft.checkpoint.export:main",
             "chunksft-generate=chunksft.generate:main",
             "chunksft-evaluate=chunksft.evaluate:main",
         ]

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from chunksft.data import DataError, build_dataset
     from chunksft.data.holdout import plan_splits
-    from chunksft.export import ExportFolderError, load_export
+    from chunksft.checkpoint.export import ExportFolderError, load_export
 
     try:
         model, tokenizer = load_export(args.model)

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from chunksft.data import DataError, encode_prompt, iter_questions
-    from chunksft.export import ExportFolderError, load_export
+    from chunksft.checkpoint.export import ExportFolderError, load_export
 
     questions = None
     if args.input is not None:

@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from chunksft import evaluate, generate
 from chunksft.data import extract_answer, load_tokenizer
-from chunksft.export import save_export
+from chunksft.checkpoint.export import save_export
 from chunksft.models import HybridConfig, HybridModel
 
 

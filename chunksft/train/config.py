@@ -41,7 +41,7 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     # None = HybridConfig() (the tiny CPU default, random init); a folder saved by
-    # HybridModel.save_pretrained / chunksft.export loads it; anything else is a Hugging Face
+    # HybridModel.save_pretrained / chunksft.checkpoint.export loads it; anything else is a Hugging Face
     # backbone name or path wrapped by HybridModel.from_backbone.
     name_or_path: Optional[str] = None
     # None = True in chunk_sft (the head trains on a frozen backbone), False otherwise.

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from chunksft import export
+from chunksft.checkpoint import export
 from launching import deepspeed_cmd, read_jsonl, run
 from tests.tolerance import assert_close_to_reference
 
