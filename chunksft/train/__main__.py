@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     # Imported after the config parsed: deepspeed / transformers take seconds to import.
     from chunksft.checkpoint.manager import CheckpointError
     from chunksft.data import DataError
-    from chunksft.train.distributed import setup_distributed
+    from chunksft.train.distributed import setup_distributed, shutdown_distributed
 
     dist_info = setup_distributed()
     from chunksft.train.loop import NonFiniteLossError, run
@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         if dist_info.is_main:
             print(str(exc), file=sys.stderr, flush=True)
         return exc.exit_code
+    finally:
+        shutdown_distributed()
     return 0
 
 

@@ -64,6 +64,14 @@ def setup_distributed() -> DistInfo:
     return DistInfo(dist.get_rank(), world_size, local_rank, local_world_size, device, backend)
 
 
+def shutdown_distributed() -> None:
+    """Destroy the process group before the interpreter exits. Left alive, gloo's threads race the
+    interpreter's teardown and a process that returned cleanly can still abort ("terminate called
+    without an active exception", exit -6), e.g. right after refusing a busy output folder."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def skip_shm_comm_build() -> None:
     """Keep DeepSpeed from JIT-compiling its shared-memory CPU communication op at start-up.
 
