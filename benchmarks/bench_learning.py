@@ -336,26 +336,6 @@ def train_causal_lm(args, config, budget: float, eval_rows: int, test_rows: int,
 
 
 # ------------------------------------------------------------------ output
-def isa_info() -> dict:
-    """CPU vector ISA (chunksft.env when available, else the flags of /proc/cpuinfo)."""
-    try:
-        from chunksft.env import machine as env_machine
-
-        info = env_machine()
-        return {k: info[k] for k in ("cpu", "isa", "simd_clone", "aten_capability", "blas") if k in info}
-    except Exception:  # noqa: BLE001 - an informational field must never fail the bench
-        pass
-    flags = []
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        pass
-    return {"isa": [f for f in ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni",
-                                "avx512_bf16", "amx_tile", "amx_bf16") if f in flags],
-            "aten_capability": torch.backends.cpu.get_cpu_capability()}
-
-
 def loadavg() -> list[float] | None:
     return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
@@ -529,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
 
     causal = train_causal_lm(args, config, budget, eval_rows, test_rows, hybrid["dataset"])
 
-    meta = {**machine(), **isa_info(), "loadavg_start": load_start, "loadavg_end": loadavg(),
+    meta = {**machine(), "loadavg_start": load_start, "loadavg_end": loadavg(),
             "budget_seconds": round(budget, 3), "budget_source": "--budget" if args.budget is not None else
             "hybrid stage 1 + stage 2 train_seconds", "runs": str(runs), "dataset": hybrid["dataset"],
             "backbone_config": config_source,

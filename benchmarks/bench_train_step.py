@@ -187,7 +187,7 @@ def run_single(args) -> list[dict]:
                   f"loss spread {spread:.1e}", flush=True)
         del models
     meta = dict(part="single", batch=args.batch, prompt=PROMPT, C=CHUNK, threads=torch.get_num_threads(),
-                fused_backend=fused_label, step="fwd+bwd (no optimizer update)", **machine())
+                fused_backend=fused_label, step="fwd+bwd (no optimizer update)")
     write_single(results, meta)
     if args.profile:
         profile_anchor(args)
@@ -396,7 +396,7 @@ def write_zero3(results: list[dict], seq_len: int, args) -> None:
                 threads_per_rank=1, batch_per_rank=1, L=seq_len, prompt=PROMPT, C=CHUNK,
                 steps=args.zero3_steps, timed="median of per-step wall time after the first two steps",
                 step="fwd+bwd+ZeRO-3 AdamW step", eager="backend=eager, full [x_t;x_0] (SDPA+dense mask)",
-                fused=f"backend=auto ({fused_backend_label()}), compacted x_t", **machine())
+                fused=f"backend=auto ({fused_backend_label()}), compacted x_t")
     meta["torch_threads"] = 1
     report("train_step_zero3_cpu", rows, rate_unit="tokens/s", meta=meta)
     for train in args.train:
