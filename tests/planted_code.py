@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from chunksft.checkpoint.manager import read_marker, write_marker
+from chunksft.checkpoint.tags import read_marker, write_marker
 
 
 class WritesFile:

@@ -20,7 +20,7 @@ import os
 import sys
 import tempfile
 
-from chunksft.checkpoint.manager import CHECKPOINTS, CheckpointError, newest_complete, read_marker, validate_tag
+from chunksft.checkpoint.tags import CHECKPOINTS, CheckpointError, newest_complete, read_marker, validate_tag
 
 # The attention the backbone uses outside chunksft (our registered function exists only after
 # `import chunksft.models`).

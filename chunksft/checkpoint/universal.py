@@ -14,8 +14,8 @@ import shutil
 import sys
 from types import SimpleNamespace
 
-from chunksft.checkpoint.manager import (CHECKPOINTS, UNIVERSAL_SUFFIX, CheckpointError, newest_complete, read_marker,
-                                         validate_tag, write_marker)
+from chunksft.checkpoint.tags import (CHECKPOINTS, UNIVERSAL_SUFFIX, CheckpointError, newest_complete, read_marker,
+                                      validate_tag, write_marker)
 
 
 def convert_to_universal(tag_dir: str) -> str:

@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     # Imported after the config parsed: deepspeed / transformers take seconds to import.
-    from chunksft.checkpoint.manager import CheckpointError
+    from chunksft.checkpoint.tags import CheckpointError
     from chunksft.data import DataError
     from chunksft.train.distributed import setup_distributed, shutdown_distributed
 

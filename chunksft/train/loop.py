@@ -20,8 +20,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from chunksft.checkpoint.manager import (CHECKPOINTS, CheckpointManager, check_config_hash, fault_here, find_resume,
-                                         tag_for)
+from chunksft.checkpoint.manager import CheckpointManager, check_config_hash, fault_here, find_resume
+from chunksft.checkpoint.tags import CHECKPOINTS, tag_for
 from chunksft.data import ChunkCollator, DataError, StatefulDistributedSampler, build_dataset, debug_view, load_tokenizer
 from chunksft.evaluate import answer_accuracy
 from chunksft.ops.chunk_mask import ChunkMask

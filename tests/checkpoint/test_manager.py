@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from chunksft.checkpoint.manager import (CheckpointError, CheckpointManager, check_config_hash, find_resume,
-                                         list_tags, newest_complete, validate_tag, write_marker)
+from chunksft.checkpoint.manager import CheckpointManager, check_config_hash, find_resume
+from chunksft.checkpoint.tags import CheckpointError, list_tags, newest_complete, validate_tag, write_marker
 from chunksft.train.config import load_config
 from planted_code import WritesFile, plant_code
 

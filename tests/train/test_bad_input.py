@@ -115,7 +115,7 @@ def test_nonfinite_losses_stop_with_one_line_and_keep_checkpoints(tmp_path, trai
                 "--max_nonfinite_in_a_row", "3", "--eval_interval", "0"], check=False)
     assert_one_error_line(proc, "non-finite losses in a row")
     marker = json.loads((tmp_path / "checkpoints" / f"global_step{HALF}" / "COMPLETE").read_text())
-    from chunksft.checkpoint.manager import validate_tag
+    from chunksft.checkpoint.tags import validate_tag
 
     assert marker["step"] == HALF and validate_tag(str(tmp_path / "checkpoints" / f"global_step{HALF}")) is None
 

@@ -94,7 +94,7 @@ def test_sigterm_saves_the_step_then_resume(run_a, tmp_path, train_flags):
     printed, the launcher exits non-zero; the relaunch continues to run_a's weights bit for bit.
     The start uses an empty torch-extensions cache: on CPU nothing is JIT-compiled (DeepSpeed's
     shared-memory comm op would be, for minutes, on a machine's first start)."""
-    from chunksft.checkpoint.manager import validate_tag
+    from chunksft.checkpoint.tags import validate_tag
 
     extensions = tmp_path / "torch_extensions"
     stopped = launch(train_flags, tmp_path, "stopped.log", check=False,
@@ -116,7 +116,7 @@ def test_busy_folder_is_refused_then_ctrl_c_saves(tmp_path, train_flags):
     line naming the first (host, pid). Ctrl-C (SIGINT to the script's whole process group, as a
     terminal sends it): every rank finishes its step, saves it completely, one line, no traceback,
     exit non-zero, lock released."""
-    from chunksft.checkpoint.manager import validate_tag
+    from chunksft.checkpoint.tags import validate_tag
     from chunksft.train.run_folder import LOCK_FILE
 
     log = tmp_path / "first.log"
