@@ -25,13 +25,16 @@ from chunksft.data.errors import DataError, DataStats
 from chunksft.data.formats import Rejection, iter_examples
 from chunksft.data.holdout import HASH_PARTS, HELD_OUT_FRACTION, filter_part
 from chunksft.data.template import ReasoningExample, render, render_prompt
+from chunksft.ops.masks import check_chunk_size
 
 OVERFLOW_POLICIES = ("truncate", "skip", "error")
 
 
 def check_chunk_args(chunk_size: int, max_length: int | None, overflow: str) -> None:
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
-        raise DataError(f"chunk_size must be a positive integer, got {chunk_size!r}; e.g. --chunk_size 16")
+    try:
+        check_chunk_size(chunk_size)
+    except ValueError as error:
+        raise DataError(str(error)) from None
     if max_length is not None and (not isinstance(max_length, int) or max_length < chunk_size):
         raise DataError(f"max_length must be an integer >= chunk_size ({chunk_size}), got {max_length!r}; "
                         f"e.g. --max_length 1024")

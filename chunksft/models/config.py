@@ -4,6 +4,8 @@ from __future__ import annotations
 from transformers import AutoConfig, PreTrainedConfig
 
 from chunksft.models.head import GRADIENTS
+from chunksft.ops._backend import BACKENDS
+from chunksft.ops.masks import check_chunk_size
 
 # The tiny CPU default: a random Qwen3-style backbone (4 layers, d=256, GQA 4:2) sized for the
 # bundled tokenizer (vocab 512; pad 0, eos 1, mask 2, <answer> 3, </answer> 4).
@@ -83,8 +85,7 @@ class HybridConfig(PreTrainedConfig):
         if isinstance(backbone, PreTrainedConfig):
             backbone = backbone.to_dict()
         self.backbone = dict(backbone)
-        if chunk_size <= 0:
-            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}; e.g. chunk_size: 16")
+        check_chunk_size(chunk_size)
         for name, value in (("mask_probability", mask_probability), ("confidence_threshold", confidence_threshold)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {value}")
@@ -101,8 +102,8 @@ class HybridConfig(PreTrainedConfig):
             raise ValueError(f"max_recursive_steps must be >= 1, got {max_recursive_steps}")
         if head_gradient not in GRADIENTS:
             raise ValueError(f"head_gradient must be one of {', '.join(GRADIENTS)}, got {head_gradient!r}")
-        if backend not in ("auto", "eager", "cpp", "triton"):
-            raise ValueError(f"backend must be auto, eager, cpp or triton, got {backend!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.chunk_size = chunk_size
         self.mask_token_id = mask_token_id
         self.answer_end_token_id = answer_end_token_id

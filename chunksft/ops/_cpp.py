@@ -257,16 +257,13 @@ def chunk_mask_counter_cpp(input_ids: torch.Tensor, prompt_lens: torch.Tensor, *
                            mask_prob: float = 0.3, mask_id: int, attention_mask: torch.Tensor | None = None,
                            token_rate: tuple[float, float] = (1.0, 1.0)):
     """`chunk_mask_counter` (same draws, bit for bit) on the C++ kernel -> (ChunkMask, CompactLayout)."""
-    from chunksft.ops.chunk_mask import (ChunkMask, CompactLayout, _check_probability, _check_token_rate, _seq_lens,
+    from chunksft.ops.chunk_mask import (ChunkMask, CompactLayout, _seq_lens, check_mask_args,
                                          chunk_mask_counter, mask_threshold, seed_key)
 
     if load() is None:
         return chunk_mask_counter(input_ids, prompt_lens, seed=seed, chunk_size=chunk_size, mask_prob=mask_prob,
                                   mask_id=mask_id, attention_mask=attention_mask, token_rate=token_rate)
-    if chunk_size <= 0:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}; e.g. --chunk_size 16")
-    _check_probability("mask_probability", mask_prob)
-    t_min, t_max = _check_token_rate(token_rate)
+    t_min, t_max = check_mask_args(chunk_size, mask_prob, token_rate)
     seq_lens = _seq_lens(input_ids, attention_mask)
     ids, labels, flags, chunk_index, positions, rate = load().chunk_mask_counter(
         input_ids.long(), prompt_lens.long(), seq_lens.long(), seed_key(seed), mask_threshold(mask_prob),

@@ -15,6 +15,7 @@ import torch
 
 from chunksft.ops._backend import cpp_impl, resolve_backend
 from chunksft.ops._triton import kernel, lazy_jit, next_power_of_2
+from chunksft.ops.masks import check_chunk_size
 
 IGNORE_INDEX = -100
 
@@ -40,6 +41,13 @@ def _check_token_rate(token_rate: tuple[float, float]) -> tuple[float, float]:
         raise ValueError(f"token_rate (t_min, t_max) must satisfy {MIN_TOKEN_RATE:g} <= t_min <= t_max <= 1, got "
                          f"{token_rate}; e.g. (0.001, 1.0) for bd3, (1.0, 1.0) for whole chunks")
     return t_min, t_max
+
+
+def check_mask_args(chunk_size: int, mask_prob: float, token_rate: tuple[float, float]) -> tuple[float, float]:
+    """The arguments every chunk-masking backend takes, checked once; returns (t_min, t_max)."""
+    check_chunk_size(chunk_size)
+    _check_probability("mask_probability", mask_prob)
+    return _check_token_rate(token_rate)
 
 
 def expand_token_mask(token_masked: torch.Tensor, prompt_lens: torch.Tensor, seq_len: int) -> torch.Tensor:
@@ -115,10 +123,7 @@ def chunk_mask_eager(input_ids: torch.Tensor, prompt_lens: torch.Tensor, *, chun
     chunk_masked: optional bool [B, N] to use instead of the chunk draw;
     token_rate: (t_min, t_max) of the within-chunk rate; (1, 1) masks whole chunks.
     """
-    if chunk_size <= 0:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}; e.g. --chunk_size 16")
-    _check_probability("mask_probability", mask_prob)
-    _check_token_rate(token_rate)
+    check_mask_args(chunk_size, mask_prob, token_rate)
     batch, seq_len = input_ids.shape
     prompt_lens = prompt_lens.to(device=input_ids.device, dtype=torch.long)
     if attention_mask is None:
@@ -252,9 +257,7 @@ def chunk_mask_counter(input_ids: torch.Tensor, prompt_lens: torch.Tensor, *, se
     """Reference of the fused chunk masking: the counter-based chunk and token draws of `seed`
     applied as in `chunk_mask_eager`, plus the compacted layout. The Triton kernel (and any other
     fused backend) must match it exactly."""
-    if chunk_size <= 0:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}; e.g. --chunk_size 16")
-    _check_probability("mask_probability", mask_prob)
+    check_mask_args(chunk_size, mask_prob, token_rate)
     prompt_lens = prompt_lens.to(device=input_ids.device, dtype=torch.long)
     n_chunks = num_chunks(prompt_lens, _seq_lens(input_ids, attention_mask), chunk_size)
     max_chunks = int(n_chunks.max().item()) if input_ids.shape[0] else 0
@@ -350,10 +353,7 @@ def chunk_mask_counter_triton(input_ids: torch.Tensor, prompt_lens: torch.Tensor
                               mask_prob: float = 0.3, mask_id: int, attention_mask: torch.Tensor | None = None,
                               token_rate: tuple[float, float] = (1.0, 1.0)) -> tuple[ChunkMask, CompactLayout]:
     """`chunk_mask_counter` in one Triton kernel (CUDA, or CPU under TRITON_INTERPRET=1)."""
-    if chunk_size <= 0:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}; e.g. --chunk_size 16")
-    _check_probability("mask_probability", mask_prob)
-    t_min, t_max = _check_token_rate(token_rate)
+    t_min, t_max = check_mask_args(chunk_size, mask_prob, token_rate)
     batch, seq_len = input_ids.shape
     device = input_ids.device
     ids = input_ids.to(torch.int64).contiguous()

@@ -22,10 +22,16 @@ import torch
 LAYOUTS = ("bd3", "block_causal", "bidirectional")
 
 
+def check_chunk_size(chunk_size: int) -> int:
+    """`chunk_size` when it is a positive integer, else ValueError (one line with the fix)."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}; e.g. --chunk_size 16")
+    return chunk_size
+
+
 def block_ids(prompt_lens: torch.Tensor, seq_len: int, chunk_size: int) -> torch.Tensor:
     """Block id of every position: -1 in the prompt, k in response chunk k.  -> int64 [B, L]"""
-    if chunk_size <= 0:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
+    check_chunk_size(chunk_size)
     pos = torch.arange(seq_len, device=prompt_lens.device)
     rel = pos[None, :] - prompt_lens.to(torch.long)[:, None]
     return torch.where(rel < 0, torch.full_like(rel, -1), torch.div(rel, chunk_size, rounding_mode="floor"))

@@ -26,6 +26,8 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from chunksft.ops._backend import BACKENDS
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "train", "tiny.yaml")
 
@@ -58,7 +60,7 @@ class ModelConfig:
     # "last": TRM's gradient (each refinement step backpropagates through its last recursion only);
     # "full": through every update of every step (backward cost grows with the steps).
     head_gradient: Literal["full", "last"] = "last"
-    backend: Literal["auto", "eager", "cpp", "triton"] = "auto"
+    backend: Literal[BACKENDS] = "auto"
     # Compute/storage dtype of the DeepSpeed engine (bf16/fp16 enable DeepSpeed's mixed precision).
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     # "auto": the attention dispatch picks flash-attn on CUDA when installed, else SDPA / cpp / triton.
