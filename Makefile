@@ -29,17 +29,17 @@ train: data
 # exponents, ZeRO-3 1/2 ranks), the results table of benchmarks/README.md, then the hybrid vs a
 # same-size causal LM at equal wall-clock. Results: benchmarks/results/*.{csv,json,png}.
 bench: data
-	$(BIN)/python benchmarks/bench_chunk_mask.py
-	$(BIN)/python benchmarks/bench_chunk_attention.py --reps 2
-	$(BIN)/python benchmarks/bench_linear_cross_entropy.py --reps 1
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_train_step.py
-	$(BIN)/python benchmarks/harness.py --summary
+	$(BIN)/python -m benchmarks.bench_chunk_mask
+	$(BIN)/python -m benchmarks.bench_chunk_attention --reps 2
+	$(BIN)/python -m benchmarks.bench_linear_cross_entropy --reps 1
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.bench_train_step
+	$(BIN)/python -m benchmarks.harness --summary
 	$(MAKE) bench-learning
 
 # Learning vs a same-size causal LM at the hybrid's training wall-clock (needs `make train` first):
 # benchmarks/results/learning.{csv,json,png}.
 bench-learning: data
-	$(BIN)/python benchmarks/bench_learning.py
+	$(BIN)/python -m benchmarks.bench_learning
 
 test: data
 	$(BIN)/python -m pytest -q --timeout=900 tests

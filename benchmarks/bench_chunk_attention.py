@@ -4,23 +4,19 @@ Useful FLOPs = 4 * D * H * B * (visible (q, k) pairs of `chunk_attention_mask`) 
 3.5x that for forward + backward (the backward does 2.5x the forward's matmul work); rates are
 reported on that count, so masked-out work never counts.
 
-    python benchmarks/bench_chunk_attention.py                  # CPU: eager + flex + cpp (GPU rows say so)
-    python benchmarks/bench_chunk_attention.py --device cuda    # all providers, do_bench timings
+    python -m benchmarks.bench_chunk_attention                  # CPU: eager + flex + cpp (GPU rows say so)
+    python -m benchmarks.bench_chunk_attention --device cuda    # all providers, do_bench timings
 """
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import device_arg, measure, report, unavailable  # noqa: E402
-
-from chunksft.ops import _cpp  # noqa: E402
-from chunksft.ops.chunk_attention import chunk_attention, chunk_attention_eager, chunk_attention_triton  # noqa: E402
-from chunksft.ops.masks import block_ids, chunk_attention_mask, visible  # noqa: E402
+from benchmarks.harness import device_arg, measure, report, unavailable
+from chunksft.ops import _cpp
+from chunksft.ops.chunk_attention import chunk_attention, chunk_attention_eager, chunk_attention_triton
+from chunksft.ops.masks import block_ids, chunk_attention_mask, visible
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

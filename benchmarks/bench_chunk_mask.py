@@ -1,20 +1,16 @@
 """Chunk masking: eager (torch.Generator draw) vs the counter-based reference vs the Triton / C++ kernels.
 
-    python benchmarks/bench_chunk_mask.py               # CPU: eager providers
-    python benchmarks/bench_chunk_mask.py --device cuda
+    python -m benchmarks.bench_chunk_mask               # CPU: eager providers
+    python -m benchmarks.bench_chunk_mask --device cuda
 """
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import device_arg, measure, report, unavailable  # noqa: E402
-
-from chunksft.ops.chunk_mask import chunk_mask_counter, chunk_mask_counter_triton, chunk_mask_eager  # noqa: E402
+from benchmarks.harness import device_arg, measure, report, unavailable
+from chunksft.ops.chunk_mask import chunk_mask_counter, chunk_mask_counter_triton, chunk_mask_eager
 
 
 def main(argv=None):

@@ -1,8 +1,8 @@
 """Learning vs an autoregressive baseline at equal wall-clock (issue 12 item 4, docs/design.md §4).
 
     make train                                   # first: the hybrid (writes runs/tiny_bd3, runs/tiny)
-    python benchmarks/bench_learning.py          # = make bench-learning
-    python benchmarks/bench_learning.py --runs DIR --budget 30 --results-dir /tmp/out
+    python -m benchmarks.bench_learning          # = make bench-learning
+    python -m benchmarks.bench_learning --runs DIR --budget 30 --results-dir /tmp/out
 
 The hybrid side is read, not re-run: `make train` logs one metrics.jsonl row per optimizer step with
 `train_seconds` (wall clock without evaluation and saving) and, on evaluation steps, the held-out
@@ -38,8 +38,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import RESULTS, machine  # noqa: E402
+from benchmarks.harness import RESULTS, machine
 
 SERIES = ("hybrid", "hybrid_refined", "causal_lm")
 LABELS = {"hybrid": "hybrid, without refinement", "hybrid_refined": "hybrid, with refinement",

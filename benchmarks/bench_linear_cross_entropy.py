@@ -3,21 +3,17 @@
 Default shape = docs/design.md §4 (N=2048, H=1024, V=151936, fp32, fwd+bwd). Reports time, peak extra
 memory (RSS on CPU, allocator on CUDA) and the relative error of loss and gradients vs eager.
 
-    python benchmarks/bench_linear_cross_entropy.py             # CPU: eager vs chunked vs cpp (csrc/)
-    python benchmarks/bench_linear_cross_entropy.py --device cuda
+    python -m benchmarks.bench_linear_cross_entropy             # CPU: eager vs chunked vs cpp (csrc/)
+    python -m benchmarks.bench_linear_cross_entropy --device cuda
 """
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import device_arg, measure, report, unavailable  # noqa: E402
-
-from chunksft.ops.linear_cross_entropy import linear_cross_entropy  # noqa: E402
+from benchmarks.harness import device_arg, measure, report, unavailable
+from chunksft.ops.linear_cross_entropy import linear_cross_entropy
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -22,10 +22,10 @@ rank), eager (full [x_t; x_0] with SDPA + dense mask) vs fused (auto backend + c
 step time is the median difference of metrics.jsonl's `time` over the steps after the first two.
 The optimizer step (DeepSpeed ZeRO-3 AdamW) is included there.
 
-    python benchmarks/bench_train_step.py                 # both parts, CPU default sizes (~10 min)
-    python benchmarks/bench_train_step.py --part single --full      # all lengths 256..2048, more reps
-    python benchmarks/bench_train_step.py --part single --profile   # torch.profiler of the anchor steps
-    python benchmarks/bench_train_step.py --part zero3 --zero3-steps 8
+    python -m benchmarks.bench_train_step                 # both parts, CPU default sizes (~10 min)
+    python -m benchmarks.bench_train_step --part single --full      # all lengths 256..2048, more reps
+    python -m benchmarks.bench_train_step --part single --profile   # torch.profiler of the anchor steps
+    python -m benchmarks.bench_train_step --part zero3 --zero3-steps 8
 """
 from __future__ import annotations
 
@@ -42,10 +42,10 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.harness import RESULTS, Row, fit_exponent, machine, plot_scaling, report, time_interleaved
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
-sys.path.insert(0, str(BENCH_DIR))
-from harness import RESULTS, Row, fit_exponent, machine, plot_scaling, report, time_interleaved  # noqa: E402
 
 PROMPT, CHUNK = 64, 16
 ANCHOR_L = PROMPT + 32 * CHUNK  # docs/design.md §4: prompt 64 + 32 chunks of 16
@@ -304,7 +304,7 @@ def write_dataset(path: Path, rows: int, seq_len: int) -> None:
 def trainer_cmd(nproc: int, port: int, out: Path, data: Path, *, fused: bool, freeze: bool, steps: int,
                 seq_len: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(nproc),
-            "--master_addr", "127.0.0.1", "--master_port", str(port), str(Path(__file__).resolve()),
+            "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "benchmarks.bench_train_step",
             "--trainer-entry", "--compact", "1" if fused else "0", "--",
             "--config", "configs/train/tiny.yaml", "--dataset_name", str(data), "--max_length", str(seq_len),
             "--batch_size", "1", "--max_steps", str(steps), "--warmup_steps", "1",

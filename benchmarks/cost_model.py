@@ -9,7 +9,7 @@ nothing where no gradient is needed.
 The backbone shapes are the published config.json values of Qwen/Qwen3-1.7B and
 GSAI-ML/LLaDA-8B-Instruct (the hub is not reachable from the CI machines, so they are written out).
 
-    python benchmarks/cost_model.py          prints the table, writes results/cost_model.{csv,json,png}
+    python -m benchmarks.cost_model          prints the table, writes results/cost_model.{csv,json,png}
 """
 from __future__ import annotations
 

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-BENCH = ROOT / "benchmarks" / "bench_learning.py"
 
 
 def _fake_runs(root: Path, stage1_name: str = "tiny_bd3", dataset: str = "bundled") -> Path:
@@ -42,8 +41,8 @@ def _fake_runs(root: Path, stage1_name: str = "tiny_bd3", dataset: str = "bundle
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, str(BENCH), *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run([sys.executable, "-m", "benchmarks.bench_learning", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
 
 
 def test_missing_runs_says_make_train(tmp_path):
@@ -54,11 +53,8 @@ def test_missing_runs_says_make_train(tmp_path):
 
 
 def _bench_module():
-    sys.path.insert(0, str(BENCH.parent))
-    try:
-        import bench_learning
-    finally:
-        sys.path.remove(str(BENCH.parent))
+    from benchmarks import bench_learning
+
     return bench_learning
 
 
