@@ -9,49 +9,10 @@ import torch
 
 from chunksft.ops import chunk_attention
 from chunksft.ops._backend import resolve_backend
-from chunksft.ops.chunk_attention import chunk_attention_compact_eager, chunk_attention_eager
+from tests.ops.cases import ATTENTION_CASES, attention_inputs, attention_reference
 from tests.ops.cpp_support import require_cpp
 from tests.ops.references import linear_cross_entropy_fp64
 from tests.tolerance import assert_close_to_reference, fp64
-
-CASES = {
-    "bd3-gqa4-odd": dict(layout="bd3", heads=(4, 1), seq_len=37, head_dim=32, chunk=5, prompts=[7, 12], lens=[37, 29]),
-    "bd3-noprompt-gqa2": dict(layout="bd3", heads=(4, 2), seq_len=23, head_dim=64, chunk=4, prompts=[0, 9],
-                              lens=[23, 17]),
-    "bd3-long": dict(layout="bd3", heads=(2, 1), seq_len=333, head_dim=16, chunk=16, prompts=[45, 70], lens=[333, 260]),
-    "bd3-empty-row": dict(layout="bd3", heads=(2, 2), seq_len=20, head_dim=8, chunk=4, prompts=[3, 0], lens=[20, 0]),
-    "block_causal-d24": dict(layout="block_causal", heads=(4, 2), seq_len=45, head_dim=24, chunk=4, prompts=[3, 10],
-                             lens=[45, 40]),
-    "bidirectional-pieces": dict(layout="bidirectional", heads=(2, 1), seq_len=1100, head_dim=16, chunk=4,
-                                 prompts=[5, 2], lens=[1100, 777]),
-    "compact-gqa4": dict(layout="compact", heads=(4, 1), seq_len=37, head_dim=32, chunk=5, prompts=[7, 12],
-                         lens=[37, 29], chunks=[[0, 2, 3, 5], [1, 3, -1, -1]]),
-    "compact-long": dict(layout="compact", heads=(2, 2), seq_len=200, head_dim=16, chunk=8, prompts=[17, 40],
-                         lens=[200, 150], chunks=[[0, 5, 9, 11, 20, 21], [1, 2, 13, -1, -1, -1]]),
-}
-
-
-def make_inputs(case, dtype=torch.float32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    heads, kv_heads = case["heads"]
-    chunk_index = torch.tensor(case["chunks"]) if "chunks" in case else None
-    if case["layout"] == "compact":
-        total = chunk_index.shape[1] * case["chunk"] + case["seq_len"]
-    else:
-        total = case["seq_len"] * (2 if case["layout"] == "bd3" else 1)
-    shapes = [(2, heads, total, case["head_dim"])] + [(2, kv_heads, total, case["head_dim"])] * 2
-    q, k, v = (torch.randn(s, generator=g).to(dtype) for s in shapes)
-    kwargs = dict(prompt_lens=torch.tensor(case["prompts"]), chunk_size=case["chunk"],
-                  seq_lens=torch.tensor(case["lens"]), layout=case["layout"], chunk_index=chunk_index)
-    return (q, k, v), kwargs
-
-
-def reference(q, k, v, kwargs):
-    kwargs = dict(kwargs)
-    layout, chunk_index = kwargs.pop("layout"), kwargs.pop("chunk_index")
-    if layout == "compact":
-        return chunk_attention_compact_eager(q, k, v, chunk_index=chunk_index, **kwargs)
-    return chunk_attention_eager(q, k, v, layout=layout, **kwargs)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -59,15 +20,15 @@ def extension():
     return require_cpp()
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", list(ATTENTION_CASES))
 def test_forward_and_gradients_match_eager_fp32(name):
-    inputs, kwargs = make_inputs(CASES[name])
+    inputs, kwargs = attention_inputs(ATTENTION_CASES[name])
     mine = [x.clone().requires_grad_() for x in inputs]
     eager_in = [x.clone().requires_grad_() for x in inputs]
     ref_in = fp64(*inputs, requires_grad=True)
     out = chunk_attention(*mine, backend="cpp", **kwargs)
-    eager = reference(*eager_in, kwargs)
-    ref = reference(*ref_in, kwargs)
+    eager = attention_reference(*eager_in, kwargs)
+    ref = attention_reference(*ref_in, kwargs)
     assert out.dtype == torch.float32 and out.shape == ref.shape
     grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
     assert_close_to_reference("out", out, eager, ref)
@@ -79,14 +40,14 @@ def test_forward_and_gradients_match_eager_fp32(name):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_inputs_compute_in_fp32(dtype):
-    inputs, kwargs = make_inputs(CASES["bd3-gqa4-odd"], dtype=dtype)
+    inputs, kwargs = attention_inputs(ATTENTION_CASES["bd3-gqa4-odd"], dtype=dtype)
     mine = [x.clone().requires_grad_() for x in inputs]
     eager_in = [x.clone().requires_grad_() for x in inputs]
     ref_in = fp64(*inputs, requires_grad=True)
     out = chunk_attention(*mine, backend="cpp", **kwargs)
     # The baseline: the eager reference on the same half inputs (SDPA in the half dtype).
-    eager = reference(*eager_in, kwargs)
-    ref = reference(*ref_in, kwargs)
+    eager = attention_reference(*eager_in, kwargs)
+    ref = attention_reference(*ref_in, kwargs)
     assert out.dtype == dtype
     assert_close_to_reference("out", out, eager, ref)
     grads = zip("qkv", torch.autograd.grad(out, mine, torch.ones_like(out)),
@@ -99,15 +60,15 @@ def test_half_inputs_compute_in_fp32(dtype):
 
 def test_non_contiguous_heads_layout():
     """q, k, v as the backbone produces them: [B, S, H, D] memory viewed as [B, H, S, D]."""
-    (q, k, v), kwargs = make_inputs(CASES["bd3-noprompt-gqa2"])
+    (q, k, v), kwargs = attention_inputs(ATTENTION_CASES["bd3-noprompt-gqa2"])
     views = [x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v)]
     assert not views[0].is_contiguous()
-    assert_close_to_reference("out", chunk_attention(*views, backend="cpp", **kwargs), reference(q, k, v, kwargs),
-                              reference(*fp64(q, k, v), kwargs))
+    assert_close_to_reference("out", chunk_attention(*views, backend="cpp", **kwargs),
+                              attention_reference(q, k, v, kwargs), attention_reference(*fp64(q, k, v), kwargs))
 
 
 def test_auto_picks_cpp_on_cpu(monkeypatch):
-    (q, k, v), kwargs = make_inputs(CASES["block_causal-d24"])
+    (q, k, v), kwargs = attention_inputs(ATTENTION_CASES["block_causal-d24"])
     assert resolve_backend("chunk_attention", "auto", q.device) == "cpp"
     assert torch.equal(chunk_attention(q, k, v, backend="auto", **kwargs),
                        chunk_attention(q, k, v, backend="cpp", **kwargs)), "auto runs the same kernel as cpp"

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from chunksft.ops import chunk_mask, diffusion_mask
+from tests.ops.cases import TOKEN_RATES
 
 MASK = 2
 
@@ -17,9 +18,6 @@ def rows(prompt_lens, n_chunks, size=16, seed=0, tails=None):
     ids = torch.randint(5, 1000, (len(lens), max(lens)), generator=g)
     attn = (torch.arange(max(lens))[None] < torch.tensor(lens)[:, None]).long()
     return ids, attn, torch.tensor(prompt_lens)
-
-
-TOKEN_RATES = [(1.0, 1.0), (0.001, 1.0), (0.3, 0.7), (1e-3, 1e-3)]
 
 
 @pytest.mark.parametrize("token_rate", TOKEN_RATES)

@@ -6,35 +6,13 @@ import torch
 from chunksft.ops import chunk_mask
 from chunksft.ops._cpp import chunk_mask_counter_cpp
 from chunksft.ops.chunk_mask import chunk_mask_counter
+from tests.ops.cases import MASK_ID, TOKEN_RATES, assert_same_mask, mask_batch
 from tests.ops.cpp_support import require_cpp
-
-MASK_ID = 7
 
 
 @pytest.fixture(scope="module", autouse=True)
 def extension():
     return require_cpp()
-
-
-TOKEN_RATES = [(1.0, 1.0), (0.001, 1.0), (0.3, 0.7), (1e-3, 1e-3)]
-
-
-def batch(seed=0, prompts=(0, 5, 13, 40, 80)):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(10, 500, (5, 83), generator=g)
-    prompts = torch.tensor(prompts)  # by default not multiples of C; the last row has no whole chunk
-    attn = torch.ones_like(ids)
-    attn[1, 61:] = 0
-    attn[3, 50:] = 0
-    return ids, prompts, attn
-
-
-def assert_same(a, b):
-    assert a[0].chunk_rate is not None
-    for x, y in zip(a[0], b[0]):
-        assert x.dtype == y.dtype and torch.equal(x, y)
-    for x, y in zip(a[1], b[1]):
-        assert torch.equal(x, y)
 
 
 @pytest.mark.parametrize("token_rate", TOKEN_RATES)
@@ -44,10 +22,10 @@ def assert_same(a, b):
     (16, 1.0, (83, 61, 83, 40, 80)),  # no row has a whole chunk
 ])
 def test_identical_to_counter_reference(seed, chunk_size, prob, prompts, token_rate):
-    ids, prompts, attn = batch(seed % 1000) if prompts is None else batch(seed % 1000, prompts)
+    ids, prompts, attn = mask_batch(seed % 1000) if prompts is None else mask_batch(seed % 1000, prompts)
     kwargs = dict(seed=seed, chunk_size=chunk_size, mask_prob=prob, mask_id=MASK_ID, attention_mask=attn,
                   token_rate=token_rate)
-    assert_same(chunk_mask_counter_cpp(ids, prompts, **kwargs), chunk_mask_counter(ids, prompts, **kwargs))
+    assert_same_mask(chunk_mask_counter_cpp(ids, prompts, **kwargs), chunk_mask_counter(ids, prompts, **kwargs))
 
 
 @pytest.mark.parametrize("token_rate", TOKEN_RATES)
@@ -55,18 +33,18 @@ def test_identical_to_triton_interpreter(token_rate):
     pytest.importorskip("triton")
     from chunksft.ops.chunk_mask import chunk_mask_counter_triton
 
-    ids, prompts, attn = batch()
+    ids, prompts, attn = mask_batch()
     for seed in (3, 99):
         kwargs = dict(seed=seed, chunk_size=4, mask_prob=0.3, mask_id=MASK_ID, attention_mask=attn,
                       token_rate=token_rate)
         cpp = chunk_mask_counter_cpp(ids, prompts, **kwargs)
-        assert_same(cpp, chunk_mask_counter(ids, prompts, **kwargs))
-        assert_same(cpp, chunk_mask_counter_triton(ids, prompts, **kwargs))
+        assert_same_mask(cpp, chunk_mask_counter(ids, prompts, **kwargs))
+        assert_same_mask(cpp, chunk_mask_counter_triton(ids, prompts, **kwargs))
 
 
 @pytest.mark.parametrize("token_rate", [(1.0, 1.0), (0.001, 1.0)])
 def test_dispatcher_backend_cpp(token_rate):
-    ids, prompts, attn = batch()
+    ids, prompts, attn = mask_batch()
     kwargs = dict(chunk_size=4, mask_prob=0.3, mask_id=MASK_ID, attention_mask=attn, token_rate=token_rate)
     out = chunk_mask(ids, prompts, backend="cpp", seed=5, **kwargs)
     ref = chunk_mask(ids, prompts, backend="eager", seed=5, **kwargs)
@@ -80,7 +58,7 @@ def test_dispatcher_backend_cpp(token_rate):
 
 @pytest.mark.parametrize("token_rate", [(0.0, 1.0), (0.7, 0.3), (0.5, 1.5)])
 def test_bad_token_rate(token_rate):
-    ids, prompts, attn = batch()
+    ids, prompts, attn = mask_batch()
     with pytest.raises(ValueError, match="token_rate") as info:
         chunk_mask(ids, prompts, backend="cpp", seed=1, mask_id=MASK_ID, token_rate=token_rate)
     assert "\n" not in str(info.value)

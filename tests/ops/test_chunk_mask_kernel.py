@@ -8,47 +8,31 @@ import torch
 from chunksft.ops.chunk_attention import compact_positions
 from chunksft.ops.chunk_mask import (chunk_mask, chunk_mask_counter, chunk_mask_counter_triton, mix32,
                                      seed_key)
+from tests.ops.cases import MASK_ID, TOKEN_RATES, assert_same_mask, mask_batch
 
 pytest.importorskip("triton")
-MASK = 2
-
-
-TOKEN_RATES = [(1.0, 1.0), (0.001, 1.0), (0.3, 0.7), (1e-3, 1e-3)]
-
-
-def batch(prompts=(5, 19, 33, 1, 70)):
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(5, 1000, (5, 77), generator=g)
-    prompts = torch.tensor(prompts)  # by default the last row has no whole chunk
-    lens = torch.tensor([77, 60, 77, 50, 77])
-    attn = (torch.arange(77)[None] < lens[:, None]).long()
-    return ids, prompts, attn
 
 
 @pytest.mark.parametrize("token_rate", TOKEN_RATES)
 @pytest.mark.parametrize("seed,prob,chunk_size,prompts", [
     (0, 0.3, 4, None), (2 ** 40 + 3, 0.3, 4, None), (7, 0.0, 4, None), (7, 1.0, 4, None),
     (11, 1.0, 5, None), (12, 0.5, 16, None),
-    (3, 0.5, 4, (76, 60, 80, 50, 74)),  # no row has a whole chunk
+    (3, 0.5, 4, (80, 61, 80, 50, 80)),  # no row has a whole chunk
 ])
 def test_kernel_matches_counter_reference(seed, prob, chunk_size, prompts, token_rate):
-    ids, prompts, attn = batch() if prompts is None else batch(prompts)
-    kwargs = dict(seed=seed, chunk_size=chunk_size, mask_prob=prob, mask_id=MASK, attention_mask=attn,
+    ids, prompts, attn = mask_batch() if prompts is None else mask_batch(prompts=prompts)
+    kwargs = dict(seed=seed, chunk_size=chunk_size, mask_prob=prob, mask_id=MASK_ID, attention_mask=attn,
                   token_rate=token_rate)
-    ref, ref_layout = chunk_mask_counter(ids, prompts, **kwargs)
-    out, layout = chunk_mask_counter_triton(ids, prompts, **kwargs)
-    assert out.chunk_rate is not None
-    for a, b in zip(list(out) + list(layout), list(ref) + list(ref_layout)):
-        assert a.dtype == b.dtype and torch.equal(a, b)
+    assert_same_mask(chunk_mask_counter_triton(ids, prompts, **kwargs), chunk_mask_counter(ids, prompts, **kwargs))
 
 
 def test_counter_draw_semantics_and_layout():
-    ids, prompts, attn = batch()
-    out, layout = chunk_mask_counter(ids, prompts, seed=11, chunk_size=4, mask_prob=0.3, mask_id=MASK,
+    ids, prompts, attn = mask_batch()
+    out, layout = chunk_mask_counter(ids, prompts, seed=11, chunk_size=4, mask_prob=0.3, mask_id=MASK_ID,
                                      attention_mask=attn)
     n_chunks = ((attn.sum(1) - prompts) // 4).clamp(min=0)
     assert out.chunk_masked[n_chunks > 0].any(dim=1).all(), "every row with a chunk trains"
-    masked = out.input_ids == MASK
+    masked = out.input_ids == MASK_ID
     assert torch.equal(out.labels != -100, masked) and torch.equal(out.labels[masked], ids[masked])
     # Compact layout: the masked chunks in increasing order, their token positions, -1 / 0 padding.
     for b in range(ids.shape[0]):
@@ -69,7 +53,7 @@ def test_masked_fraction_matches_probability():
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(5, 1000, (64, 7 + 8 * 16), generator=g)
     prompts = torch.full((64,), 7)
-    total = sum(int(chunk_mask_counter(ids, prompts, seed=s, mask_prob=0.3, mask_id=MASK)[0].chunk_masked.sum())
+    total = sum(int(chunk_mask_counter(ids, prompts, seed=s, mask_prob=0.3, mask_id=MASK_ID)[0].chunk_masked.sum())
                 for s in range(50))
     n, p = 64 * 8 * 50, 0.3
     expected = n * p + 64 * 50 * (1 - p) ** 8
@@ -78,8 +62,8 @@ def test_masked_fraction_matches_probability():
 
 @pytest.mark.parametrize("token_rate", [(1.0, 1.0), (0.3, 0.7)])
 def test_dispatch_seed_and_generator(monkeypatch, token_rate):
-    ids, prompts, attn = batch()
-    kwargs = dict(chunk_size=4, mask_prob=0.3, mask_id=MASK, attention_mask=attn, token_rate=token_rate)
+    ids, prompts, attn = mask_batch()
+    kwargs = dict(chunk_size=4, mask_prob=0.3, mask_id=MASK_ID, attention_mask=attn, token_rate=token_rate)
     ref = chunk_mask_counter(ids, prompts, seed=3, **kwargs)[0]
     for backend in ("eager", "triton"):
         out = chunk_mask(ids, prompts, seed=3, backend=backend, **kwargs)
@@ -97,7 +81,7 @@ def test_dispatch_seed_and_generator(monkeypatch, token_rate):
 
 @pytest.mark.parametrize("token_rate", [(0.0, 1.0), (0.7, 0.3), (0.5, 1.5)])
 def test_bad_token_rate(token_rate):
-    ids, prompts, attn = batch()
+    ids, prompts, attn = mask_batch()
     with pytest.raises(ValueError, match="token_rate") as info:
-        chunk_mask_counter_triton(ids, prompts, seed=1, mask_id=MASK, token_rate=token_rate)
+        chunk_mask_counter_triton(ids, prompts, seed=1, mask_id=MASK_ID, token_rate=token_rate)
     assert "\n" not in str(info.value)

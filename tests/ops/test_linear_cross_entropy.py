@@ -8,31 +8,19 @@ import torch
 from chunksft.ops._backend import resolve_backend
 from chunksft.ops.linear_cross_entropy import (linear_cross_entropy, linear_cross_entropy_eager,
                                                linear_cross_entropy_fused)
+from tests.ops.cases import lce_problem
 from tests.ops.references import (assert_stats_match_eager, linear_cross_entropy_eager_blocked,
                                   linear_cross_entropy_fp64, tied_linear_ce_problem)
 from tests.tolerance import assert_close_to_reference, fp64
 
 pytest.importorskip("triton")
 
-VOCAB = 65_601  # > 64k and not a multiple of the 4096-wide vocab block
-
-
-def problem(n=21, hidden_size=32, vocab=VOCAB, dtype=torch.float32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    hidden = (torch.randn(n, hidden_size, generator=g) * 2).to(dtype)
-    weight = (torch.randn(vocab, hidden_size, generator=g) / hidden_size ** 0.5).to(dtype)
-    targets = torch.randint(0, vocab, (n,), generator=g)
-    targets[[2, 5, n - 1]] = -100
-    token_weights = torch.rand(n, generator=g) + 0.5
-    token_weights[4] = 0.0  # a zero-weight row is skipped like an ignored one
-    return hidden, weight, targets, token_weights
-
 
 @pytest.mark.parametrize("return_stats", [False, True], ids=["loss", "stats"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("row_kernel", ["triton", "torch"])
 def test_matches_eager_fp32(reduction, row_kernel, return_stats):
-    hidden, weight, targets, token_weights = problem()
+    hidden, weight, targets, token_weights = lce_problem()
     h1, w1 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
     h2, w2 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
     h3, w3 = fp64(hidden, weight, requires_grad=True)
@@ -62,7 +50,7 @@ def test_matches_eager_fp32(reduction, row_kernel, return_stats):
 @pytest.mark.parametrize("row_kernel", ["triton", "torch"])
 def test_stats_match_eager(row_kernel, reduction, dtype):
     # n=21 (odd), V > 64k, ignored rows, a zero-weight row (row 4: it still gets its stats).
-    hidden, weight, targets, token_weights = problem(dtype=dtype)
+    hidden, weight, targets, token_weights = lce_problem(dtype=dtype)
     h = hidden.clone().requires_grad_()
     loss, stats = linear_cross_entropy_fused(h, weight, targets, token_weights=token_weights, reduction=reduction,
                                              row_kernel=row_kernel, block=8, return_stats=True)
@@ -85,7 +73,7 @@ def test_stats_argmax_ties_take_the_first_index(row_kernel, dtype):
 
 
 def test_half_precision_inputs():
-    hidden, weight, targets, token_weights = problem(n=9, vocab=5000, dtype=torch.float16)
+    hidden, weight, targets, token_weights = lce_problem(n=9, vocab=5000, dtype=torch.float16)
     h1, w1 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
     h2, w2 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
     h3, w3 = fp64(hidden, weight, requires_grad=True)
@@ -104,7 +92,7 @@ def test_half_precision_inputs():
 
 
 def test_mean_is_weighted_mean_over_counted_tokens():
-    hidden, weight, targets, token_weights = problem(n=8, vocab=50)
+    hidden, weight, targets, token_weights = lce_problem(n=8, vocab=50)
     per_token = linear_cross_entropy_eager(hidden, weight, targets, token_weights=token_weights, reduction="none")
     counted = (targets != -100).float() * token_weights
     mean = linear_cross_entropy_eager(hidden, weight, targets, token_weights=token_weights)
@@ -119,7 +107,7 @@ def test_mean_is_weighted_mean_over_counted_tokens():
 
 
 def test_dispatch(monkeypatch):
-    hidden, weight, targets, token_weights = problem(n=7, vocab=40)
+    hidden, weight, targets, token_weights = lce_problem(n=7, vocab=40)
     ref = linear_cross_entropy_eager(hidden, weight, targets)
     ref64 = linear_cross_entropy_fp64(*fp64(hidden, weight), targets)
     assert resolve_backend("linear_cross_entropy", "auto", hidden.device) in ("cpp", "eager")

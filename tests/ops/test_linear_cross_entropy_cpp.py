@@ -9,12 +9,11 @@ import torch
 from chunksft.ops import _cpp
 from chunksft.ops._backend import resolve_backend
 from chunksft.ops.linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_eager
+from tests.ops.cases import lce_problem
 from tests.ops.cpp_support import require_cpp
 from tests.ops.references import (assert_stats_match_eager, linear_cross_entropy_eager_blocked,
                                   linear_cross_entropy_fp64, tied_linear_ce_problem)
 from tests.tolerance import assert_close_to_reference, fp64
-
-VOCAB = 65_601
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -22,23 +21,12 @@ def extension():
     return require_cpp()
 
 
-def problem(n=21, hidden_size=32, vocab=VOCAB, dtype=torch.float32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    hidden = (torch.randn(n, hidden_size, generator=g) * 2).to(dtype)
-    weight = (torch.randn(vocab, hidden_size, generator=g) / hidden_size ** 0.5).to(dtype)
-    targets = torch.randint(0, vocab, (n,), generator=g)
-    targets[[2, 5, n - 1]] = -100
-    token_weights = torch.rand(n, generator=g) + 0.5
-    token_weights[4] = 0.0
-    return hidden, weight, targets, token_weights
-
-
 @pytest.mark.parametrize("return_stats", [False, True], ids=["loss", "stats"])
 @pytest.mark.parametrize("weighted", [True, False])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("block", [8, None], ids=["block8", "one_block"])
 def test_matches_eager_fp32(reduction, weighted, block, return_stats, monkeypatch):
-    hidden, weight, targets, token_weights = problem()
+    hidden, weight, targets, token_weights = lce_problem()
     token_weights = token_weights if weighted else None
     if block is not None:
         # 8 rows per block: three blocks over the 17 (18) rows that carry a loss, the last one partial.
@@ -79,7 +67,7 @@ def test_stats_argmax_ties_take_the_first_index(dtype, monkeypatch):
 
 
 def test_bf16_inputs():
-    hidden, weight, targets, _ = problem(vocab=5003, dtype=torch.bfloat16)
+    hidden, weight, targets, _ = lce_problem(vocab=5003, dtype=torch.bfloat16)
     h1, w1 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
     h2, w2 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
     h3, w3 = fp64(hidden, weight, requires_grad=True)
@@ -96,7 +84,7 @@ def test_bf16_inputs():
 
 
 def test_auto_and_no_loss_rows():
-    hidden, weight, targets, _ = problem(n=6, vocab=300)
+    hidden, weight, targets, _ = lce_problem(n=6, vocab=300)
     assert resolve_backend("linear_cross_entropy", "auto", hidden.device) == "cpp"
     assert_close_to_reference("loss (auto)", linear_cross_entropy(hidden, weight, targets),
                               linear_cross_entropy_eager(hidden, weight, targets),
