@@ -127,7 +127,13 @@ class TrainingConfig:
     # End the process (after saving) at this step without changing the LR schedule: for
     # time-limited allocations that resume later.
     stop_at_step: Optional[int] = field(default=None, metadata=_RUN_ONLY)
+    # "adamw": torch's AdamW on every trainable parameter. "muon": DeepSpeed's Muon (ZeRO-3 aware) on
+    # the weight matrices (DeepSpeed tags every 2-D parameter outside the embeddings and the LM head)
+    # with AdamW (learning_rate, betas) on the rest; the LR schedule scales both.
+    optimizer: Literal["adamw", "muon"] = "adamw"
     learning_rate: float = 1e-3
+    muon_learning_rate: float = 0.02
+    muon_momentum: float = 0.95
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -450,6 +456,8 @@ def validate(cfg: TrainConfig) -> None:
     need(t.max_steps is None or t.max_steps > 0, "training.max_steps", "must be a positive step count or null")
     need(t.stop_at_step is None or t.stop_at_step > 0, "training.stop_at_step", "must be a positive step or null")
     need(t.learning_rate > 0.0, "training.learning_rate", "must be positive, e.g. 1e-3")
+    need(t.muon_learning_rate > 0.0, "training.muon_learning_rate", "must be positive, e.g. 0.02")
+    need(0.0 <= t.muon_momentum < 1.0, "training.muon_momentum", "must be in [0, 1), e.g. 0.95")
     need(t.weight_decay >= 0.0, "training.weight_decay", "must be >= 0")
     need(0.0 <= t.adam_beta1 < 1.0, "training.adam_beta1", "must be in [0, 1), e.g. 0.9")
     need(0.0 <= t.adam_beta2 < 1.0, "training.adam_beta2", "must be in [0, 1), e.g. 0.999")

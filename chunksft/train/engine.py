@@ -70,6 +70,15 @@ def deepspeed_config(cfg: TrainConfig, world_size: int, *, load_universal: bool 
         raise ConfigError(f"{path}: zero_optimization.stage = {stage}; chunksft trains with ZeRO stage 3")
     if load_universal:
         ds.setdefault("checkpoint", {})["load_universal"] = True
+    if t.optimizer == "muon":
+        if "optimizer" in ds:
+            raise ConfigError(f"{path}: has an \"optimizer\" section; chunksft sets it from training.optimizer "
+                              "(adamw | muon): remove it from the JSON")
+        ds["optimizer"] = {"type": "Muon", "params": {
+            "lr": t.learning_rate, "muon_lr": t.muon_learning_rate, "momentum": t.muon_momentum,
+            "betas": [t.adam_beta1, t.adam_beta2], "weight_decay": t.weight_decay, "torch_adam": True}}
+        # DeepSpeed's Muon orthogonalises whole gradient matrices: it refuses reduce-scatter.
+        ds["zero_optimization"]["reduce_scatter"] = False
     return ds
 
 
@@ -183,15 +192,30 @@ def build_engine(cfg: TrainConfig, dist_info: DistInfo, tokenizer, total_steps: 
     """
     ds_config = deepspeed_config(cfg, dist_info.world_size, load_universal=load_universal)
     model, hf_ds = build_model(cfg, ds_config, tokenizer)
+    if cfg.objective.training_mode != "chunk_sft":
+        # pretrain / sft / bd3 never run the refinement head: no gradient reaches it, so it stays out
+        # of the optimizer (Muon would orthogonalise its zero gradients at every step).
+        model.head.requires_grad_(False)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise ConfigError("model.freeze_backbone: nothing left to train (the model has no trainable parameter)")
     t = cfg.training
-    optimizer = torch.optim.AdamW(trainable, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
-                                  weight_decay=t.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(t.warmup_steps, total_steps,
-                                                                           t.min_lr_ratio))
+    factor = warmup_cosine(t.warmup_steps, total_steps, t.min_lr_ratio)
+
+    def schedule(optimizer):  # each parameter group's own base LR (Muon's and AdamW's) times the factor
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    optimizer = None
+    if t.optimizer == "muon" and not torch.cuda.is_available():
+        # DeepSpeed wraps Muon's update in torch.compile. On CPU inductor builds C++ for it at the
+        # first step (60-90 s on 2 cores), and the compiled update is no faster here (tiny default
+        # job: 0.255 s per step either way): run compile directives eagerly in this process.
+        torch.compiler.set_stance("force_eager")
+    if t.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(trainable, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
+                                      weight_decay=t.weight_decay)
+    # With optimizer=None DeepSpeed builds the one of ds_config["optimizer"] (Muon) and calls `schedule` on it.
     # deepspeed.initialize may edit the dict it is given.
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
                                            model_parameters=trainable, config=copy.deepcopy(ds_config))
     return engine, hf_ds

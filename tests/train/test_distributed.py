@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from launching import HALF, STEPS, assert_same_weights, module_cmd, read_jsonl, run
+from launching import HALF, STEPS, assert_same_weights, deepspeed_cmd, module_cmd, read_jsonl, run
 from planted_code import plant_code
 
 
@@ -120,3 +120,20 @@ def test_universal_cli_converts_newest_tag(run_a, tmp_path):
     assert str(universal) in proc.stdout
     assert json.loads((universal / "COMPLETE").read_text())["universal"] is True
     assert any((universal / "zero").iterdir())
+
+
+def test_muon_bd3_run_learns_and_resumes_exactly(tmp_path, train_flags):
+    """The default job's stage-1 optimizer: DeepSpeed's Muon (matrices) + AdamW (the rest) on 2 ZeRO-3
+    ranks, bd3 mode. The loss falls, and steps 1..3 + save + fresh-process resume + 4..6 equal 1..6."""
+    assert train_flags[0] == "--config"
+    flags = ["--config", "configs/train/tiny_bd3.yaml", *train_flags[2:], "--optimizer", "muon",
+             "--learning_rate", "0.006", "--eval_interval", "0", "--eval_generate_rows", "0", "--eval_loss_rows", "0"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    run([*deepspeed_cmd(2), *flags, "--output_dir", str(whole)], log=tmp_path / "whole.log")
+    run([*deepspeed_cmd(2), *flags, "--output_dir", str(parts), "--stop_at_step", str(HALF)], log=tmp_path / "p1.log")
+    run([*deepspeed_cmd(2), *flags, "--output_dir", str(parts)], log=tmp_path / "p2.log")
+    a, b = read_jsonl(whole / "metrics.jsonl"), read_jsonl(parts / "metrics.jsonl")
+    assert "mean_rate" in a[0], "a bd3 run (it logs the mean masking rate)"
+    assert a[-1]["loss"] < a[0]["loss"]
+    assert [(m["step"], m["loss"], m["lr"]) for m in a] == [(m["step"], m["loss"], m["lr"]) for m in b]
+    assert_same_weights(parts, whole)

@@ -61,3 +61,24 @@ def test_warmup_then_cosine_to_the_floor():
     assert f(9) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert f(14) == pytest.approx(0.1) and f(100) == pytest.approx(0.1)
     assert engine.warmup_cosine(0, 10, 0.0)(0) == 1.0
+
+
+def test_muon_section_comes_from_the_train_config(tmp_path):
+    flags = ["--optimizer", "muon", "--learning_rate", "0.006", "--muon_learning_rate", "0.03",
+             "--weight_decay", "0.01"]
+    ds = engine.deepspeed_config(load_config(flags), 1)
+    assert ds["optimizer"]["type"] == "Muon"
+    params = ds["optimizer"]["params"]
+    assert params["lr"] == 0.006 and params["muon_lr"] == 0.03 and params["weight_decay"] == 0.01
+    assert params["momentum"] == 0.95 and params["betas"] == [0.9, 0.999] and params["torch_adam"] is True
+    assert ds["zero_optimization"]["reduce_scatter"] is False
+    assert "optimizer" not in engine.deepspeed_config(load_config([]), 1), "adamw: the client optimizer"
+    # A JSON optimizer section would silently fight training.optimizer: refused with one line.
+    raw = json.loads(open(engine.resolve_path("configs/deepspeed/zero3.json")).read())
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(dict(raw, optimizer={"type": "Adam"})))
+    with pytest.raises(ConfigError) as info:
+        engine.deepspeed_config(load_config([*flags, "--deepspeed_config", str(path)]), 1)
+    assert "training.optimizer" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="training.muon_momentum"):
+        load_config(["--optimizer", "muon", "--muon_momentum", "1.0"])
