@@ -27,8 +27,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from chunksft.checkpoint.tags import (CHECKPOINTS, UNIVERSAL_SUFFIX, CheckpointError, file_crc, list_tags, newest_complete,
-                                      read_marker, step_of, tag_files, tag_for, validate_tag, write_marker)
+from chunksft.checkpoint.tags import (CHECKPOINTS, UNIVERSAL_SUFFIX, CheckpointError, file_crc, list_tags,
+                                      newest_complete, read_marker, step_of, tag_files, tag_for, validate_tag,
+                                      write_marker)
 from chunksft.checkpoint.universal import convert_to_universal
 
 # Fault injection for tests/reliability (never set in normal runs): CHUNKSFT_FAULT=POINT:STEP[:RANK]

@@ -166,7 +166,8 @@ def set_leaf_modules(model: HybridModel) -> list[torch.nn.Module]:
     runs several times per forward, and a leaf's gradients would then reach ZeRO-3's reduce bucket
     once per call (DeepSpeed 0.19 asserts on the duplicate)."""
     names = set(getattr(model.backbone, "_no_split_modules", None) or ())
-    classes = sorted({type(m) for m in model.backbone.modules() if type(m).__name__ in names}, key=lambda c: c.__name__)
+    classes = sorted({type(m) for m in model.backbone.modules() if type(m).__name__ in names},
+                     key=lambda cls: cls.__name__)
     return deepspeed.utils.set_z3_leaf_modules(model, classes, raise_if_not_found=False) if classes else []
 
 
@@ -205,16 +206,16 @@ def build_engine(cfg: TrainConfig, dist_info: DistInfo, tokenizer, total_steps: 
     def schedule(optimizer):  # each parameter group's own base LR (Muon's and AdamW's) times the factor
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
-    optimizer = None
-    if t.optimizer == "muon" and not torch.cuda.is_available():
-        # DeepSpeed wraps Muon's update in torch.compile. On CPU inductor builds C++ for it at the
-        # first step (60-90 s on 2 cores), and the compiled update is no faster here (tiny default
-        # job: 0.255 s per step either way): run compile directives eagerly in this process.
-        torch.compiler.set_stance("force_eager")
     if t.optimizer == "adamw":
         optimizer = torch.optim.AdamW(trainable, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
                                       weight_decay=t.weight_decay)
-    # With optimizer=None DeepSpeed builds the one of ds_config["optimizer"] (Muon) and calls `schedule` on it.
+    else:  # DeepSpeed builds the Muon of ds_config["optimizer"] and calls `schedule` on it
+        optimizer = None
+        if not torch.cuda.is_available():
+            # DeepSpeed wraps Muon's update in torch.compile. On CPU inductor builds C++ for it at the
+            # first step (60-90 s on 2 cores), and the compiled update is no faster here (tiny default
+            # job: 0.255 s per step either way): run compile directives eagerly in this process.
+            torch.compiler.set_stance("force_eager")
     # deepspeed.initialize may edit the dict it is given.
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
                                            model_parameters=trainable, config=copy.deepcopy(ds_config))
