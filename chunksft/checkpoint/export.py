@@ -20,7 +20,7 @@ import os
 import sys
 import tempfile
 
-from chunksft.checkpoint.tags import CHECKPOINTS, CheckpointError, newest_complete, read_marker, validate_tag
+from chunksft.checkpoint.tags import CHECKPOINTS, MARKER, CheckpointError, newest_complete, read_marker, validate_tag
 
 # The attention the backbone uses outside chunksft (our registered function exists only after
 # `import chunksft.models`).
@@ -84,7 +84,7 @@ class ExportFolderError(ValueError):
 def resolve_checkpoint(checkpoint: str, tag: str | None) -> tuple[str, str]:
     """(checkpoint root, tag) of a complete checkpoint; CheckpointError (one line) otherwise."""
     path = os.path.abspath(checkpoint.rstrip("/"))
-    if tag is None and os.path.isfile(os.path.join(path, "COMPLETE")):
+    if tag is None and os.path.isfile(os.path.join(path, MARKER)):
         root, tag = os.path.dirname(path), os.path.basename(path)
     elif tag is not None:
         root = path if os.path.isdir(os.path.join(path, tag)) else os.path.join(path, CHECKPOINTS)
