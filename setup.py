@@ -19,6 +19,7 @@ def cpp_extension() -> dict:
     if os.environ.get("CHUNKSFT_SKIP_CPP", "0") == "1":
         return {}
     try:
+        import torch
         from torch.utils.cpp_extension import BuildExtension, CppExtension
     except ImportError:
         return {}
@@ -30,9 +31,13 @@ def cpp_extension() -> dict:
             except Exception as exc:  # noqa: BLE001 - the extension is an optimisation, never a requirement
                 warnings.warn(f"chunksft: C++ extension not built ({exc}); it will be JIT-built on first use")
 
-    # Flags: keep in sync with chunksft/ops/_cpp.py CXX_FLAGS.
+    # Flags: keep in sync with chunksft/ops/_cpp.py CXX_FLAGS / LD_FLAGS (OpenMP makes ATen's
+    # at::parallel_for in csrc/ run on torch's threads).
+    openmp = torch.backends.openmp.is_available()
     ext = CppExtension("chunksft._C", sorted(glob("csrc/*.cpp")),
-                       extra_compile_args=["-O3", "-fopenmp-simd", "-fno-trapping-math", "-fno-math-errno"])
+                       extra_compile_args=["-O3", "-fopenmp" if openmp else "-fopenmp-simd", "-fno-trapping-math",
+                                           "-fno-math-errno"],
+                       extra_link_args=["-fopenmp"] if openmp else [])
     return {"ext_modules": [ext], "cmdclass": {"build_ext": OptionalBuildExt}}
 
 

@@ -132,6 +132,11 @@ def _machine_rows(color: bool) -> list[str]:
                      ": GEMM kernels chosen by CPU, threads and shape", color))
     rows.append(_row("threads", None, f"{m['threads']} intra-op, {m['interop_threads']} inter-op (results of "
                      "threaded reductions depend on it)", color))
+    cpp = _cpp.status()
+    if cpp["available"]:
+        parallel = cpp["threads"] == m["threads"]
+        rows.append(_row("C++ op threads", parallel, f"{cpp['threads']} of {m['threads']}" +
+                         ("" if parallel else ": built without OpenMP, the ops run serially"), color))
     flags = " ".join(_cpp.CXX_FLAGS)
     portable = not any(f.startswith(("-march", "-mtune=native", "-mcpu")) for f in _cpp.CXX_FLAGS)
     rows.append(_row("C++ build flags", portable, flags + ("" if portable else ": CPU-specific, not portable"),

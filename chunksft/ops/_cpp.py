@@ -27,10 +27,15 @@ import torch
 
 from chunksft.ops._backend import register_cpp
 
-# Keep in sync with setup.py (the prebuilt extension). -fopenmp-simd: `omp simd` loops only;
-# threads come from ATen's pool (at::parallel_for), so no second OpenMP runtime is linked in.
-# -fno-trapping-math lets the compiler if-convert the clamps of the vectorised exp.
-CXX_FLAGS = ["-O3", "-fopenmp-simd", "-fno-trapping-math", "-fno-math-errno"]
+# Keep in sync with setup.py (the prebuilt extension). -fopenmp: the ops run on ATen's intra-op
+# threads through at::parallel_for, a header template that is parallel only when the file including
+# it is compiled with OpenMP (without it every op ran on one thread). The extension links
+# libgomp.so.1 by soname, so the process keeps the one OpenMP runtime torch already loaded (and
+# torch.set_num_threads governs the ops). -fno-trapping-math lets the compiler if-convert the clamps
+# of the vectorised exp.
+_OPENMP = torch.backends.openmp.is_available()
+CXX_FLAGS = ["-O3", "-fopenmp" if _OPENMP else "-fopenmp-simd", "-fno-trapping-math", "-fno-math-errno"]
+LD_FLAGS = ["-fopenmp"] if _OPENMP else []
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 JIT_NAME = "chunksft_cpp"
 
@@ -66,7 +71,8 @@ def _jit_build() -> ModuleType:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module
-    return load(name=JIT_NAME, sources=[str(s) for s in srcs], extra_cflags=CXX_FLAGS, build_directory=str(path),
+    return load(name=JIT_NAME, sources=[str(s) for s in srcs], extra_cflags=CXX_FLAGS,
+                extra_ldflags=LD_FLAGS, build_directory=str(path),
                 verbose=os.environ.get("CHUNKSFT_CPP_VERBOSE", "0") == "1")
 
 
@@ -108,9 +114,11 @@ def load() -> ModuleType | None:
 
 
 def status() -> dict[str, Any]:
-    """Load (if not yet tried) and report: {"available", "source", "error"}."""
+    """Load (if not yet tried) and report: {"available", "source", "error", "threads"}; threads is how
+    many of torch's intra-op threads one at::parallel_for of the extension runs on (None without it)."""
     module = load()
-    return {"available": module is not None, "source": _state["source"], "error": _state["error"]}
+    return {"available": module is not None, "source": _state["source"], "error": _state["error"],
+            "threads": module.parallel_for_threads() if module is not None else None}
 
 
 def _fp32_rows(x: torch.Tensor) -> torch.Tensor:
