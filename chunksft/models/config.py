@@ -64,7 +64,9 @@ class HybridConfig(PreTrainedConfig):
     deep_supervision_interval: decode and supervise every n-th refinement step (and the last); 1 = all.
     freeze_backbone: no gradient into the backbone (chunk_sft default). train_mask_embedding: learn
     the mask token's input embedding even with a frozen backbone.
-    head_hidden_size / head_num_heads: width of the refinement head's core block.
+    head_hidden_size / head_num_heads: width of the refinement head's core block; None takes half the
+    backbone width, at most 256 (a head as wide as a tiny backbone, run 3 x K times per step, would
+    cost several backbones: 128 for the tiny default, 256 for 1B+ backbones).
     confidence_threshold: inference halting threshold. backend: ops backend (auto|eager|cpp|triton).
     compact_noisy_stream: run the bd3 pass with x_t reduced to its masked chunks (same result, fewer
     tokens: L + masked*C instead of 2L); False runs the full `[x_t ; x_0]` sequence.
@@ -77,7 +79,7 @@ class HybridConfig(PreTrainedConfig):
                  bd3_t_min: float = 1e-3, bd3_t_max: float = 1.0, steps_per_chunk: int = 4,
                  max_recursive_steps: int = 8, latent_steps: int = 2, deep_supervision_weight: float = 0.3,
                  enable_deep_supervision: bool = True, freeze_backbone: bool = True,
-                 train_mask_embedding: bool = False, head_hidden_size: int = 256, head_num_heads: int = 4,
+                 train_mask_embedding: bool = False, head_hidden_size: int | None = None, head_num_heads: int = 4,
                  confidence_threshold: float = 0.9, backend: str = "auto", compact_noisy_stream: bool = True,
                  head_gradient: str = "last", deep_supervision_interval: int = 1, **kwargs):
         if backbone is None:
@@ -119,7 +121,7 @@ class HybridConfig(PreTrainedConfig):
         self.deep_supervision_interval = deep_supervision_interval
         self.freeze_backbone = freeze_backbone
         self.train_mask_embedding = train_mask_embedding
-        self.head_hidden_size = head_hidden_size
+        self.head_hidden_size = head_hidden_size or min(256, self.backbone["hidden_size"] // 2)
         self.head_num_heads = head_num_heads
         self.confidence_threshold = confidence_threshold
         self.backend = backend

@@ -4,6 +4,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from chunksft.models import ChunkLayout, HybridConfig, HybridModel
+from chunksft.models.config import TINY_BACKBONE
 
 C = 16
 
@@ -103,7 +104,6 @@ def test_save_load_round_trip_and_stock_backbone(model, tmp_path):
 def test_overfits_bundled_rows_in_chunk_sft():
     """Learning, not just running: a small hybrid memorises two bundled rows (loss falls > 90%)."""
     from chunksft.data import ChunkCollator, build_dataset, load_tokenizer
-    from chunksft.models.config import TINY_BACKBONE
 
     tok = load_tokenizer()
     data, _ = build_dataset("bundled", tokenizer=tok, chunk_size=C, max_length=256, max_rows=2)
@@ -148,3 +148,12 @@ def test_head_initialises_through_init_weights_alone():
 def test_config_rejects_out_of_range_values(field, value):
     with pytest.raises(ValueError, match=field):
         HybridConfig(**{field: value})
+
+
+def test_head_width_defaults_to_half_the_backbone_at_most_256(tmp_path):
+    assert HybridConfig().head_hidden_size == TINY_BACKBONE["hidden_size"] // 2
+    assert HybridConfig(backbone=dict(TINY_BACKBONE, hidden_size=2048)).head_hidden_size == 256
+    assert HybridConfig(head_hidden_size=64).head_hidden_size == 64
+    HybridConfig(head_hidden_size=96).save_pretrained(tmp_path)  # a saved width is kept on reload
+    assert HybridConfig.from_pretrained(tmp_path).head_hidden_size == 96
+    assert HybridModel(HybridConfig()).head.core.qkv.in_features == TINY_BACKBONE["hidden_size"] // 2
