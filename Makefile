@@ -24,15 +24,16 @@ data: install
 train: data
 	PATH="$(abspath $(BIN)):$$PATH" DATASET="$(DATASET)" bash launch/train.sh
 
-# CPU benchmark suite (<= 15 min on 2 idle cores, plus bench-learning's ~8 min, which needs a finished
-# make train): op benches, the end-to-end chunk_sft step (loop vs one-pass eager vs fused, growth
-# exponents, ZeRO-3 1/2 ranks), the results table of benchmarks/README.md, then the hybrid vs a
-# same-size causal LM at equal wall-clock. Results: benchmarks/results/*.{csv,json,png}.
+# CPU benchmark suite (about 25 min on 2 idle cores, plus bench-learning's ~8 min, which needs a
+# finished make train): op benches, the end-to-end chunk_sft step (loop vs one-pass eager vs fused,
+# growth exponents, ZeRO-3 1/2 ranks), memory vs K, the results table of benchmarks/README.md, then
+# the hybrid vs a same-size causal LM at equal wall-clock. Results: benchmarks/results/*.{csv,json,png}.
 bench: data
 	$(BIN)/python -m benchmarks.bench_chunk_mask
 	$(BIN)/python -m benchmarks.bench_chunk_attention --reps 2
 	$(BIN)/python -m benchmarks.bench_linear_cross_entropy --reps 1
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.bench_train_step
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.bench_train_step --zero3-steps 12
+	$(BIN)/python -m benchmarks.bench_head_memory
 	$(BIN)/python -m benchmarks.harness --summary
 	$(MAKE) bench-learning
 
