@@ -33,7 +33,7 @@ def main(argv=None):
         "eager counter (+layout)": lambda: chunk_mask_counter(ids, prompts, seed=1, **kw),
     }
     if device == "cpu":
-        from chunksft.ops._cpp import chunk_mask_counter_cpp
+        from chunksft.ops.chunk_mask import chunk_mask_counter_cpp
 
         providers["cpp (csrc, +layout)"] = lambda: chunk_mask_counter_cpp(ids, prompts, seed=1, **kw)
     if device == "cuda":

@@ -26,6 +26,7 @@ constexpr int64_t kBQ = 64;   // query rows per work item
 constexpr int64_t kKP = 512;  // keys per piece: the [kBQ, kKP] fp32 score tile (128 KB) stays in L2
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
+// The kernel codes of chunksft/ops/masks.py LAYOUT_CODES (the one Python table).
 enum Layout : int64_t { kBidirectional = 0, kBlockCausal = 1, kBd3 = 2, kCompact = 3 };
 
 struct RowKeys {

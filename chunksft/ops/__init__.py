@@ -2,7 +2,6 @@
 
 Imports only torch here; Triton and the C++ extension are loaded lazily by the backends.
 """
-from chunksft.ops import _cpp  # noqa: F401  (registers the C++ CPU backend; the extension loads on first use)
 from chunksft.ops.chunk_attention import chunk_attention
 from chunksft.ops.chunk_mask import ChunkMask, chunk_mask, diffusion_mask
 from chunksft.ops.linear_cross_entropy import linear_cross_entropy

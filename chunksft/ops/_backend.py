@@ -4,14 +4,13 @@ backend: "eager" (the reference), "triton", "cpp", "auto" (triton on CUDA, cpp o
 implementation is registered, else eager). `CHUNKSFT_BACKEND=eager` in the environment forces the
 eager reference everywhere, whatever the caller asked for (debugging switch).
 
-The C++ ops (issue 6) plug in through `register_cpp(op, fn)`; each dispatcher then calls
-`cpp_impl(op)` with its own arguments.
+An op file with C++ glue (`<op>_cpp`, beside its reference) declares it with `register_cpp(op)`, so
+"auto" picks it for CPU tensors; the glue itself falls back to the eager reference when the
+extension can be neither imported nor built (`_cpp.load`).
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
-
 import torch
 
 from chunksft.ops._triton import interpreter_enabled, triton_installed
@@ -19,16 +18,12 @@ from chunksft.ops._triton import interpreter_enabled, triton_installed
 BACKENDS = ("auto", "eager", "triton", "cpp")
 FORCE_ENV = "CHUNKSFT_BACKEND"
 
-_CPP_IMPLS: dict[str, Callable[..., Any]] = {}
+_CPP_OPS: set[str] = set()
 
 
-def register_cpp(op: str, fn: Callable[..., Any]) -> None:
-    """Make `fn` the "cpp" implementation of `op`; "auto" then picks it for CPU tensors."""
-    _CPP_IMPLS[op] = fn
-
-
-def cpp_impl(op: str) -> Callable[..., Any]:
-    return _CPP_IMPLS[op]
+def register_cpp(op: str) -> None:
+    """`op` has a "cpp" implementation; "auto" then picks it for CPU tensors."""
+    _CPP_OPS.add(op)
 
 
 def resolve_backend(op: str, backend: str, device: torch.device, *, extra: tuple[str, ...] = ()) -> str:
@@ -43,7 +38,7 @@ def resolve_backend(op: str, backend: str, device: torch.device, *, extra: tuple
     if backend == "auto":
         if device.type == "cuda" and triton_installed():
             return "triton"
-        if device.type == "cpu" and op in _CPP_IMPLS:
+        if device.type == "cpu" and op in _CPP_OPS:
             return "cpp"
         return "eager"
     if backend == "triton":
@@ -52,7 +47,7 @@ def resolve_backend(op: str, backend: str, device: torch.device, *, extra: tuple
         if device.type != "cuda" and not interpreter_enabled():
             raise RuntimeError(f"{op}: backend='triton' on {device.type} tensors runs only in Triton's interpreter; "
                                "set TRITON_INTERPRET=1 before importing triton, or use backend='eager'")
-    if backend == "cpp" and op not in _CPP_IMPLS:
+    if backend == "cpp" and op not in _CPP_OPS:
         raise RuntimeError(f"{op}: backend='cpp' is not available (the C++ extension is not built); "
                            "use backend='eager' or 'auto'")
     return backend

@@ -23,13 +23,15 @@ so the visited tiles are exactly the tiles with at least one visible pair
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from chunksft.ops._backend import resolve_backend
+from chunksft.ops import _cpp
+from chunksft.ops._backend import register_cpp, resolve_backend
 from chunksft.ops._triton import kernel, lazy_jit, next_power_of_2
-from chunksft.ops.masks import LAYOUTS, block_ids, chunk_attention_mask, visible
+from chunksft.ops.masks import LAYOUT_CODES, LAYOUTS, block_ids, chunk_attention_mask, visible
 
 
 def chunk_attention_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, prompt_lens: torch.Tensor,
@@ -141,8 +143,6 @@ def chunk_attention_compact_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
 # ----------------------------------------------------------------------------------------------
 # Triton kernels
 # ----------------------------------------------------------------------------------------------
-# LAYOUT codes (a runtime argument, so one compiled kernel serves every layout).
-_LAYOUT_CODE = {"bidirectional": 0, "block_causal": 1, "bd3": 2, "compact": 3}
 # Layout and shape scalars are never value-specialised (Triton would turn e.g. LAYOUT == 1 or GROUP == 1
 # into constants), so the kernels compiled at run time are the ones the AOT spill test compiles.
 _SCALARS = ["H", "GROUP", "S", "L", "T", "NM", "C", "LAYOUT", "D", "stride_cib"]
@@ -509,12 +509,12 @@ def _precision(dtype: torch.dtype) -> str:
 
 @dataclass
 class _Layout:
-    """Per-call layout metadata in the form the kernels read."""
+    """Per-call layout metadata in the form the kernels read (int32 for Triton, int64 for C++)."""
 
     code: int
-    prompt_lens: torch.Tensor  # int32 [B]
-    seq_lens: torch.Tensor     # int32 [B]
-    chunk_index: torch.Tensor  # int32 [B, NM] (a [B, 1] dummy outside "compact")
+    prompt_lens: torch.Tensor  # int [B]
+    seq_lens: torch.Tensor     # int [B]
+    chunk_index: torch.Tensor  # int [B, NM] (a [B, 1] dummy of -1 outside "compact" or when NM = 0)
     seq_len: int               # L
     noisy_len: int             # T: length of the x_t part
     n_slots: int               # NM
@@ -522,27 +522,28 @@ class _Layout:
 
 
 def _layout_meta(q: torch.Tensor, prompt_lens: torch.Tensor, chunk_size: int, layout: str,
-                 seq_lens: torch.Tensor | None, chunk_index: torch.Tensor | None) -> _Layout:
+                 seq_lens: torch.Tensor | None, chunk_index: torch.Tensor | None,
+                 index_dtype: torch.dtype = torch.int32) -> _Layout:
     batch, _, total, _ = q.shape
-    device = q.device
+    as_index = dict(device=q.device, dtype=index_dtype)
     if layout == "compact":
         n_slots = chunk_index.shape[1]
         noisy_len = n_slots * chunk_size
         seq_len = total - noisy_len
-        index = chunk_index.to(device=device, dtype=torch.int32).contiguous()
+        index = chunk_index.to(**as_index).contiguous()
         if n_slots == 0:
-            index = torch.full((batch, 1), -1, dtype=torch.int32, device=device)
+            index = torch.full((batch, 1), -1, **as_index)
     else:
         n_slots = 0
         seq_len = total // 2 if layout == "bd3" else total
         noisy_len = seq_len if layout == "bd3" else 0
-        index = torch.full((batch, 1), -1, dtype=torch.int32, device=device)
+        index = torch.full((batch, 1), -1, **as_index)
     if seq_lens is None:
-        lens = torch.full((batch,), seq_len, dtype=torch.int32, device=device)
+        lens = torch.full((batch,), seq_len, **as_index)
     else:
-        lens = seq_lens.to(device=device, dtype=torch.int32).clamp(max=seq_len)
-    return _Layout(_LAYOUT_CODE[layout], prompt_lens.to(device=device, dtype=torch.int32).contiguous(),
-                   lens.contiguous(), index, seq_len, noisy_len, n_slots, chunk_size)
+        lens = seq_lens.to(**as_index).clamp(0, seq_len)
+    return _Layout(LAYOUT_CODES[layout], prompt_lens.to(**as_index).contiguous(), lens.contiguous(), index,
+                   seq_len, noisy_len, n_slots, chunk_size)
 
 
 def _rows_last_contiguous(x: torch.Tensor) -> torch.Tensor:
@@ -630,23 +631,41 @@ def aot_specs() -> list[dict]:
     return specs
 
 
+class AttentionKernels(NamedTuple):
+    """One backend's kernels for `ChunkAttentionFunction`.
+
+    prepare(x) -> x as the kernels read it (unit stride in D; the C++ kernels also want fp32);
+    forward(q, k, v, meta, scale) -> (o [B, H, S, D], lse fp32 [B, H, S]);
+    backward(do, q, k, v, o, lse, meta, scale) -> (dq, dk, dv).
+    """
+
+    prepare: Callable[[torch.Tensor], torch.Tensor]
+    forward: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    backward: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
 class ChunkAttentionFunction(torch.autograd.Function):
-    """Triton chunk attention; saves (q, k, v, o, lse) and recomputes probabilities in backward."""
+    """Fused chunk attention on a backend's `AttentionKernels`; saves (q, k, v, o, lse) as the kernels
+    read them and recomputes the probabilities in backward. Outputs and gradients come back in the
+    dtypes of q, k, v."""
 
     @staticmethod
-    def forward(ctx, q, k, v, meta: _Layout, scale: float):
-        q, k, v = (_rows_last_contiguous(x) for x in (q, k, v))
-        o, lse = _attn_forward(q, k, v, meta, scale)
+    def forward(ctx, q, k, v, kernels: AttentionKernels, meta: _Layout, scale: float):
+        ctx.dtypes = (q.dtype, k.dtype, v.dtype)
+        q, k, v = (kernels.prepare(x) for x in (q, k, v))
+        o, lse = kernels.forward(q, k, v, meta, scale)
         ctx.save_for_backward(q, k, v, o, lse)
-        ctx.meta = meta
-        ctx.scale = scale
-        return o
+        ctx.kernels, ctx.meta, ctx.scale = kernels, meta, scale
+        return o.to(ctx.dtypes[0])
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = _attn_backward(_rows_last_contiguous(do), q, k, v, o, lse, ctx.meta, ctx.scale)
-        return dq, dk, dv, None, None
+        grads = ctx.kernels.backward(ctx.kernels.prepare(do), q, k, v, o, lse, ctx.meta, ctx.scale)
+        return (*(g.to(dtype) for g, dtype in zip(grads, ctx.dtypes)), None, None, None)
+
+
+TRITON_KERNELS = AttentionKernels(_rows_last_contiguous, _attn_forward, _attn_backward)
 
 
 def chunk_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, prompt_lens: torch.Tensor,
@@ -660,7 +679,52 @@ def chunk_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         raise ValueError(f"chunk_attention triton backend supports head dims up to 128, got {q.shape[-1]}")
     meta = _layout_meta(q, prompt_lens, chunk_size, layout, seq_lens, chunk_index)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    return ChunkAttentionFunction.apply(q, k, v, meta, scale)
+    return ChunkAttentionFunction.apply(q, k, v, TRITON_KERNELS, meta, scale)
+
+
+# ----------------------------------------------------------------------------------------------
+# C++ kernels (csrc/chunk_attention.cpp)
+# ----------------------------------------------------------------------------------------------
+def _fp32_rows(x: torch.Tensor) -> torch.Tensor:
+    """fp32 with unit stride in the last dim (what the C++ kernels read); a no-op for fp32 rows."""
+    x = x.float()
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _cpp_layout_args(meta: _Layout) -> tuple:
+    return (meta.prompt_lens, meta.seq_lens, meta.chunk_index, meta.code, meta.seq_len, meta.noisy_len,
+            meta.chunk_size)
+
+
+def _cpp_kernels(ext) -> AttentionKernels:
+    """The C++ kernels compute in fp32: half-precision inputs are upcast once and the results cast back."""
+    return AttentionKernels(
+        _fp32_rows,
+        lambda q, k, v, meta, scale: ext.chunk_attention_forward(q, k, v, *_cpp_layout_args(meta), scale),
+        lambda do, q, k, v, o, lse, meta, scale: ext.chunk_attention_backward(do, q, k, v, o, lse,
+                                                                              *_cpp_layout_args(meta), scale))
+
+
+def chunk_attention_cpp(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, prompt_lens: torch.Tensor,
+                        chunk_size: int = 16, layout: str = "bd3", seq_lens: torch.Tensor | None = None,
+                        scale: float | None = None, chunk_index: torch.Tensor | None = None) -> torch.Tensor:
+    """`chunk_attention` on the C++ kernels (CPU tensors, any float dtype); the eager reference when the
+    extension is unavailable. Shapes as in the dispatcher."""
+    ext = _cpp.load()
+    if ext is None:
+        if layout == "compact":
+            return chunk_attention_compact_eager(q, k, v, prompt_lens=prompt_lens, chunk_index=chunk_index,
+                                                 chunk_size=chunk_size, seq_lens=seq_lens, scale=scale)
+        return chunk_attention_eager(q, k, v, prompt_lens=prompt_lens, chunk_size=chunk_size, layout=layout,
+                                     seq_lens=seq_lens, scale=scale)
+    if layout == "compact":  # validates the chunk ids (the kernels trust them)
+        compact_positions(chunk_index, prompt_lens, chunk_size, q.shape[2] - chunk_index.shape[1] * chunk_size)
+    meta = _layout_meta(q, prompt_lens, chunk_size, layout, seq_lens, chunk_index, index_dtype=torch.int64)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    return ChunkAttentionFunction.apply(q, k, v, _cpp_kernels(ext), meta, scale)
+
+
+register_cpp("chunk_attention")
 
 
 def tile_schedule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, prompt_lens: torch.Tensor,
@@ -702,9 +766,8 @@ def chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, prompt
         return chunk_attention_triton(q, k, v, prompt_lens=prompt_lens, chunk_size=chunk_size, layout=layout,
                                       seq_lens=seq_lens, scale=scale, chunk_index=chunk_index)
     if resolved == "cpp":
-        from chunksft.ops._backend import cpp_impl
-        return cpp_impl("chunk_attention")(q, k, v, prompt_lens=prompt_lens, chunk_size=chunk_size, layout=layout,
-                                           seq_lens=seq_lens, scale=scale, chunk_index=chunk_index)
+        return chunk_attention_cpp(q, k, v, prompt_lens=prompt_lens, chunk_size=chunk_size, layout=layout,
+                                   seq_lens=seq_lens, scale=scale, chunk_index=chunk_index)
     if layout == "compact":
         return chunk_attention_compact_sdpa(q, k, v, prompt_lens=prompt_lens, chunk_index=chunk_index,
                                             chunk_size=chunk_size, seq_lens=seq_lens, scale=scale)

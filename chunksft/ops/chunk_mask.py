@@ -13,7 +13,8 @@ from typing import NamedTuple
 
 import torch
 
-from chunksft.ops._backend import cpp_impl, resolve_backend
+from chunksft.ops import _cpp
+from chunksft.ops._backend import register_cpp, resolve_backend
 from chunksft.ops._triton import kernel, lazy_jit, next_power_of_2
 from chunksft.ops.masks import check_chunk_size
 
@@ -382,6 +383,26 @@ def chunk_mask_counter_triton(input_ids: torch.Tensor, prompt_lens: torch.Tensor
     return ChunkMask(out_ids.to(input_ids.dtype), labels, flags.bool(), rates), layout
 
 
+def chunk_mask_counter_cpp(input_ids: torch.Tensor, prompt_lens: torch.Tensor, *, seed: int, chunk_size: int = 16,
+                           mask_prob: float = 0.3, mask_id: int, attention_mask: torch.Tensor | None = None,
+                           token_rate: tuple[float, float] = (1.0, 1.0)) -> tuple[ChunkMask, CompactLayout]:
+    """`chunk_mask_counter` (same draws, bit for bit) on the C++ kernel (csrc/chunk_mask.cpp); the
+    reference itself when the extension is unavailable."""
+    ext = _cpp.load()
+    if ext is None:
+        return chunk_mask_counter(input_ids, prompt_lens, seed=seed, chunk_size=chunk_size, mask_prob=mask_prob,
+                                  mask_id=mask_id, attention_mask=attention_mask, token_rate=token_rate)
+    t_min, t_max = check_mask_args(chunk_size, mask_prob, token_rate)
+    seq_lens = _seq_lens(input_ids, attention_mask)
+    ids, labels, flags, chunk_index, positions, rate = ext.chunk_mask_counter(
+        input_ids.long(), prompt_lens.long(), seq_lens.long(), seed_key(seed), mask_threshold(mask_prob),
+        mask_threshold(t_min), mask_threshold(t_max), int(mask_id), chunk_size)
+    return ChunkMask(ids.to(input_ids.dtype), labels, flags, rate), CompactLayout(chunk_index, positions)
+
+
+register_cpp("chunk_mask")
+
+
 def chunk_mask(input_ids: torch.Tensor, prompt_lens: torch.Tensor, *, chunk_size: int = 16, mask_prob: float = 0.3,
                mask_id: int, generator: torch.Generator | None = None, backend: str = "auto",
                attention_mask: torch.Tensor | None = None, chunk_masked: torch.Tensor | None = None,
@@ -407,7 +428,7 @@ def chunk_mask(input_ids: torch.Tensor, prompt_lens: torch.Tensor, *, chunk_size
     if resolved == "triton":
         return chunk_mask_counter_triton(input_ids, prompt_lens, **kwargs)[0]
     if resolved == "cpp":
-        return cpp_impl("chunk_mask")(input_ids, prompt_lens, **kwargs)[0]
+        return chunk_mask_counter_cpp(input_ids, prompt_lens, **kwargs)[0]
     return chunk_mask_counter(input_ids, prompt_lens, **kwargs)[0]
 
 

@@ -22,12 +22,14 @@ written in place). Under ZeRO-3 the caller gathers the LM-head weight around the
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from chunksft.ops._backend import cpp_impl, resolve_backend
+from chunksft.ops import _cpp
+from chunksft.ops._backend import register_cpp, resolve_backend
 from chunksft.ops._triton import kernel, lazy_jit
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -159,10 +161,16 @@ def aot_specs() -> list[dict]:
 # Row-blocked driver and autograd Function
 # ----------------------------------------------------------------------------------------------
 RowKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]]
+# A backend's whole blocked pass: (hidden, weight, targets, rows, coef or None, block) -> (ce, argmax,
+# grad_hidden, grad_weight), the contract of `_blocked` (PyTorch / Triton rows) and of the C++ kernel
+# `linear_cross_entropy_blocked` (csrc/linear_cross_entropy.cpp).
+BlockedKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, int],
+                         tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]]
 
 
 def rows_per_block(vocab: int, budget_elements: int = 1 << 25) -> int:
-    """Rows whose fp32 logits fit in `budget_elements` (128 MB by default), at least 16."""
+    """Rows whose fp32 logits fit in `budget_elements` (128 MB by default), at least 16. Each block
+    costs one read-modify-write pass over the [V, H] fp32 weight gradient, so blocks are not smaller."""
     return max(16, budget_elements // max(vocab, 1))
 
 
@@ -176,7 +184,7 @@ def _matmul_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _blocked(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor,
-             coef: torch.Tensor | None, row_kernel: RowKernel, block: int
+             coef: torch.Tensor | None, block: int, *, row_kernel: RowKernel
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """ce (fp32 [len(rows)]) and argmax (int64 [len(rows)]) of `rows` and, with coef (fp32 [len(rows)]),
     d(sum coef*ce) w.r.t. hidden / weight."""
@@ -225,11 +233,14 @@ def _scatter_stats(n: int, rows: torch.Tensor, ce: torch.Tensor, argmax: torch.T
 
 
 class LinearCrossEntropyFunction(torch.autograd.Function):
-    """-> (loss, stats ce fp32 [N], stats argmax int64 [N]); the stats are non-differentiable."""
+    """-> (loss, stats ce fp32 [N], stats argmax int64 [N]); the stats are non-differentiable. Every
+    backend's autograd: `blocked` is its kernel. For "mean" / "sum" the gradients come out of the
+    forward pass (logits computed once; grad_output, a scalar, is applied in backward); "none"
+    recomputes them."""
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, token_weights, ignore_index: int, reduction: str,
-                row_kernel: RowKernel, block: int, return_stats: bool):
+                blocked: BlockedKernel, block: int, return_stats: bool):
         # Only rows that carry a loss (and, for the stats, zero-weight rows) are touched.
         weights, loss_rows, rows, safe_targets = _select_rows(targets, token_weights, ignore_index, return_stats)
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
@@ -237,14 +248,11 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         coef = None
         if need_grad and reduction != "none":
             coef = weights[rows] / denom
-        ce, argmax, grad_hidden, grad_weight = _blocked(hidden, weight, safe_targets, rows, coef, row_kernel, block)
+        ce, argmax, grad_hidden, grad_weight = blocked(hidden, weight, safe_targets, rows, coef, block)
         stats = _scatter_stats(hidden.shape[0], rows, ce, argmax)
         ctx.mark_non_differentiable(*stats)
         per_row = stats.ce * weights
-        ctx.reduction = reduction
-        ctx.row_kernel = row_kernel
-        ctx.block = block
-        ctx.weight_dtype = weight.dtype
+        ctx.reduction, ctx.blocked, ctx.block, ctx.weight_dtype = reduction, blocked, block, weight.dtype
         if reduction == "none":
             ctx.save_for_backward(hidden, weight, safe_targets, weights, loss_rows)
             return per_row, *stats
@@ -257,7 +265,7 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         if ctx.reduction == "none":
             hidden, weight, targets, weights, rows = ctx.saved_tensors
             coef = (grad_out.float() * weights)[rows]
-            _, _, grad_hidden, grad_weight = _blocked(hidden, weight, targets, rows, coef, ctx.row_kernel, ctx.block)
+            _, _, grad_hidden, grad_weight = ctx.blocked(hidden, weight, targets, rows, coef, ctx.block)
         else:
             grad_hidden, grad_weight = ctx.saved_tensors
             # Scaled in place: a [V, H] fp32 copy would double the memory this path saves. (A second
@@ -265,6 +273,12 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
             grad_hidden = grad_hidden.mul_(grad_out.to(grad_hidden.dtype))
             grad_weight = grad_weight.mul_(grad_out.float())
         return grad_hidden, grad_weight.to(ctx.weight_dtype), None, None, None, None, None, None, None
+
+
+def _apply_blocked(hidden, weight, targets, token_weights, ignore_index, reduction, blocked, block, return_stats):
+    loss, ce, argmax = LinearCrossEntropyFunction.apply(hidden, weight, targets, token_weights, ignore_index,
+                                                        reduction, blocked, block, return_stats)
+    return (loss, LinearCEStats(ce, argmax)) if return_stats else loss
 
 
 def linear_cross_entropy_fused(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
@@ -277,11 +291,27 @@ def linear_cross_entropy_fused(hidden: torch.Tensor, weight: torch.Tensor, targe
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    fn = _row_ce_triton if row_kernel == "triton" else _row_ce_torch
-    loss, ce, argmax = LinearCrossEntropyFunction.apply(hidden, weight, targets, token_weights, ignore_index,
-                                                        reduction, fn, block or rows_per_block(weight.shape[0]),
-                                                        return_stats)
-    return (loss, LinearCEStats(ce, argmax)) if return_stats else loss
+    blocked = partial(_blocked, row_kernel=_row_ce_triton if row_kernel == "triton" else _row_ce_torch)
+    return _apply_blocked(hidden, weight, targets, token_weights, ignore_index, reduction, blocked,
+                          block or rows_per_block(weight.shape[0]), return_stats)
+
+
+def linear_cross_entropy_cpp(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
+                             token_weights: torch.Tensor | None = None, ignore_index: int = -100,
+                             reduction: str = "mean", return_stats: bool = False):
+    """`linear_cross_entropy` on the C++ kernel (csrc/linear_cross_entropy.cpp); the eager reference
+    when the extension is unavailable. Same contract as the eager reference."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    ext = _cpp.load()
+    if ext is None:
+        return linear_cross_entropy_eager(hidden, weight, targets, token_weights=token_weights,
+                                          ignore_index=ignore_index, reduction=reduction, return_stats=return_stats)
+    return _apply_blocked(hidden, weight, targets, token_weights, ignore_index, reduction,
+                          ext.linear_cross_entropy_blocked, rows_per_block(weight.shape[0]), return_stats)
+
+
+register_cpp("linear_cross_entropy")
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
@@ -300,6 +330,6 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     if resolved == "eager":
         return linear_cross_entropy_eager(hidden, weight, targets, **kwargs)
     if resolved == "cpp":
-        return cpp_impl("linear_cross_entropy")(hidden, weight, targets, **kwargs)
+        return linear_cross_entropy_cpp(hidden, weight, targets, **kwargs)
     return linear_cross_entropy_fused(hidden, weight, targets, row_kernel="triton" if resolved == "triton" else "torch",
                                       **kwargs)

@@ -20,6 +20,10 @@ from __future__ import annotations
 import torch
 
 LAYOUTS = ("bd3", "block_causal", "bidirectional")
+# Kernel codes of the layouts, "compact" (chunk_attention.py) included: a runtime argument of the
+# Triton and C++ attention kernels (one compiled kernel serves every layout). Mirrored once, by
+# `enum Layout` in csrc/chunk_attention.cpp.
+LAYOUT_CODES = {"bidirectional": 0, "block_causal": 1, "bd3": 2, "compact": 3}
 
 
 def check_chunk_size(chunk_size: int) -> int:

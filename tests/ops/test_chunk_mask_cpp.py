@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from chunksft.ops import chunk_mask
-from chunksft.ops._cpp import chunk_mask_counter_cpp
+from chunksft.ops.chunk_mask import chunk_mask_counter_cpp
 from chunksft.ops.chunk_mask import chunk_mask_counter
 from tests.ops.cases import MASK_ID, TOKEN_RATES, assert_same_mask, mask_batch
 from tests.ops.cpp_support import require_cpp

@@ -3,10 +3,11 @@ tolerance rule (tests/tolerance.py): loss and the gradients of hidden and weight
 per-token weights, ignore_index, vocab > 64k, several row blocks with a partial last one, with and
 without `return_stats`; the stats (per-row CE under the rule, argmax exactly, ties included) against the
 eager reference's."""
+import importlib
+
 import pytest
 import torch
 
-from chunksft.ops import _cpp
 from chunksft.ops._backend import resolve_backend
 from chunksft.ops.linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_eager
 from tests.ops.cases import lce_problem
@@ -14,6 +15,9 @@ from tests.ops.cpp_support import require_cpp
 from tests.ops.references import (assert_stats_match_eager, linear_cross_entropy_eager_blocked,
                                   linear_cross_entropy_fp64, tied_linear_ce_problem)
 from tests.tolerance import assert_close_to_reference, fp64
+
+# The op's module (chunksft.ops re-exports a function of the same name).
+lce = importlib.import_module("chunksft.ops.linear_cross_entropy")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -30,7 +34,7 @@ def test_matches_eager_fp32(reduction, weighted, block, return_stats, monkeypatc
     token_weights = token_weights if weighted else None
     if block is not None:
         # 8 rows per block: three blocks over the 17 (18) rows that carry a loss, the last one partial.
-        monkeypatch.setattr(_cpp, "rows_per_block", lambda vocab: block)
+        monkeypatch.setattr(lce, "rows_per_block", lambda vocab: block)
     h1, w1 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
     h2, w2 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
     h3, w3 = fp64(hidden, weight, requires_grad=True)
@@ -57,7 +61,7 @@ def test_matches_eager_fp32(reduction, weighted, block, return_stats, monkeypatc
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_stats_argmax_ties_take_the_first_index(dtype, monkeypatch):
-    monkeypatch.setattr(_cpp, "rows_per_block", lambda vocab: 3)
+    monkeypatch.setattr(lce, "rows_per_block", lambda vocab: 3)
     hidden, weight, targets, ties = tied_linear_ce_problem(dtype)
     _, eager = linear_cross_entropy_eager(hidden, weight, targets, return_stats=True)
     _, stats = linear_cross_entropy(hidden, weight, targets, backend="cpp", return_stats=True)
