@@ -25,8 +25,8 @@ from chunksft.objectives.block_diffusion import block_diffusion_token_weights
 from chunksft.objectives.chunk_sft import chunk_sft_loss, masked_token_ce, supervised_steps
 from chunksft.objectives.diffusion import diffusion_loss
 from chunksft.ops import chunk_mask, diffusion_mask, linear_cross_entropy
-from chunksft.ops.chunk_attention import compact_positions
-from chunksft.ops.chunk_mask import IGNORE_INDEX, ChunkMask, chunk_positions
+from chunksft.ops.chunk_mask import IGNORE_INDEX, ChunkMask
+from chunksft.ops.masks import CompactLayout
 
 TRAINING_MODES = ("pretrain", "sft", "bd3", "chunk_sft")
 
@@ -260,8 +260,9 @@ class HybridModel(PreTrainedModel):
         if attention_layout not in (None, "bd3"):
             raise ValueError(f'{mode} trains under the "bd3" layout, got attention_layout={attention_layout!r}')
 
-    def _one_pass(self, input_ids: torch.Tensor, drawn: ChunkMask, attention_mask, prompt_lens):
-        """The one backbone pass over `[x_t ; x_0]` (bd3 layout) for a chunk draw.
+    def _one_pass(self, input_ids: torch.Tensor, drawn: ChunkMask, compact: CompactLayout, attention_mask,
+                  prompt_lens):
+        """The one backbone pass over `[x_t ; x_0]` (bd3 layout) for a chunk draw and its compact layout.
 
         Returns (x_t-stream states [B, L, H], selected-chunk states [M, C, H], rows [M, C] and token
         positions [M, C] of the selected chunks, their (row, chunk) index [M, 2], row-major).
@@ -269,12 +270,12 @@ class HybridModel(PreTrainedModel):
         cfg = self.config
         batch, seq_len = input_ids.shape
         index = drawn.chunk_masked.nonzero()  # [M, 2] (row, chunk), row-major
-        token_pos = chunk_positions(prompt_lens.to(input_ids.device), seq_len, cfg.chunk_size,
-                                    drawn.chunk_masked.shape[1])[index[:, 0], index[:, 1]]  # [M, C]
+        real = compact.chunk_index >= 0        # [B, NM]: the same chunks in the same order
+        token_pos = compact.positions.unflatten(1, (-1, cfg.chunk_size))[real]  # [M, C]
         rows = index[:, :1].expand_as(token_pos)
         if cfg.compact_noisy_stream:
-            noisy_states, chunk_states = self._compact_pass(input_ids, drawn, attention_mask, prompt_lens, rows,
-                                                            token_pos)
+            noisy_states, chunk_states = self._compact_pass(input_ids, drawn, compact, attention_mask, prompt_lens,
+                                                            rows, token_pos)
         else:
             # [x_t ; x_0] in full: both streams share position ids.
             positions = torch.arange(seq_len, device=input_ids.device).repeat(2)[None].expand(batch, -1)
@@ -288,10 +289,11 @@ class HybridModel(PreTrainedModel):
                    return_logits) -> HybridOutput:
         self._check_chunk_mode("chunk_sft", prompt_lens, attention_layout)
         cfg = self.config
-        drawn = chunk_mask(input_ids, prompt_lens, chunk_size=cfg.chunk_size, mask_prob=cfg.mask_probability,
-                           mask_id=cfg.mask_token_id, generator=generator, backend=cfg.backend,
-                           attention_mask=attention_mask, chunk_masked=chunk_masked)
-        noisy_states, chunk_states, rows, token_pos, index = self._one_pass(input_ids, drawn, attention_mask,
+        drawn, compact = chunk_mask(input_ids, prompt_lens, chunk_size=cfg.chunk_size,
+                                    mask_prob=cfg.mask_probability, mask_id=cfg.mask_token_id, generator=generator,
+                                    backend=cfg.backend, attention_mask=attention_mask, chunk_masked=chunk_masked,
+                                    return_layout=True)
+        noisy_states, chunk_states, rows, token_pos, index = self._one_pass(input_ids, drawn, compact, attention_mask,
                                                                             prompt_lens)
         targets = input_ids[rows, token_pos]
         trace = self.refine(chunk_states) if refine else None
@@ -324,10 +326,11 @@ class HybridModel(PreTrainedModel):
         self._check_chunk_mode("bd3", prompt_lens, attention_layout)
         cfg = self.config
         batch = input_ids.shape[0]
-        drawn = chunk_mask(input_ids, prompt_lens, chunk_size=cfg.chunk_size, mask_prob=1.0,
-                           mask_id=cfg.mask_token_id, generator=generator, backend=cfg.backend,
-                           attention_mask=attention_mask, token_rate=(cfg.bd3_t_min, cfg.bd3_t_max))
-        noisy_states, chunk_states, rows, token_pos, index = self._one_pass(input_ids, drawn, attention_mask,
+        drawn, compact = chunk_mask(input_ids, prompt_lens, chunk_size=cfg.chunk_size, mask_prob=1.0,
+                                    mask_id=cfg.mask_token_id, generator=generator, backend=cfg.backend,
+                                    attention_mask=attention_mask, token_rate=(cfg.bd3_t_min, cfg.bd3_t_max),
+                                    return_layout=True)
+        noisy_states, chunk_states, rows, token_pos, index = self._one_pass(input_ids, drawn, compact, attention_mask,
                                                                             prompt_lens)
         masked = drawn.labels[rows, token_pos] != IGNORE_INDEX                 # [M, C]
         rate = drawn.chunk_rate[index[:, 0], index[:, 1]][:, None].expand_as(masked)
@@ -342,7 +345,8 @@ class HybridModel(PreTrainedModel):
         return HybridOutput(logits=logits, loss=loss, metrics=metrics, noisy_input_ids=drawn.input_ids,
                             labels=drawn.labels, chunk_masked=drawn.chunk_masked, chunk_index=index)
 
-    def _compact_pass(self, input_ids, drawn: ChunkMask, attention_mask, prompt_lens, rows, token_pos):
+    def _compact_pass(self, input_ids, drawn: ChunkMask, compact: CompactLayout, attention_mask, prompt_lens, rows,
+                      token_pos):
         """The bd3 pass with x_t reduced to its selected chunks: `[selected chunks of x_t ; x_0]`.
 
         Every x_t position outside a selected chunk holds its clean token and sees the same keys as
@@ -350,22 +354,16 @@ class HybridModel(PreTrainedModel):
         Returns (x_t-stream states [B, L, H], selected-chunk states [M, C, H] in `chunk_masked.nonzero()` order).
         """
         cfg = self.config
-        chunk_masked = drawn.chunk_masked
-        n_chunks = chunk_masked.shape[1]
-        ids = torch.arange(n_chunks, device=chunk_masked.device).expand_as(chunk_masked)
-        ascending = torch.sort(torch.where(chunk_masked, ids, n_chunks), dim=1).values
-        chunk_index = ascending[:, :int(chunk_masked.sum(dim=1).max())]
-        chunk_index = torch.where(chunk_index < n_chunks, chunk_index, -1)  # [B, NM], -1 padded
-        slot_pos, real = compact_positions(chunk_index, prompt_lens, cfg.chunk_size, input_ids.shape[1])
+        real = (compact.chunk_index >= 0)[:, :, None].expand(-1, -1, cfg.chunk_size).flatten(1)  # [B, NM*C]
         pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else cfg.mask_token_id
-        slot_ids = torch.where(real, torch.gather(drawn.input_ids, 1, slot_pos), pad_id)
-        positions = torch.cat([slot_pos, torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)],
-                              dim=1)
+        slot_ids = torch.where(real, torch.gather(drawn.input_ids, 1, compact.positions), pad_id)
+        positions = torch.cat([compact.positions,
+                               torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)], dim=1)
         layout = self._layout("compact", attention_mask, prompt_lens)
-        layout.chunk_index = chunk_index
+        layout.chunk_index = compact.chunk_index
         states = self.backbone_states(torch.cat([slot_ids, input_ids], dim=1), layout, position_ids=positions)
         n_slots = slot_ids.shape[1]
-        chunk_states = states[:, :n_slots].unflatten(1, (-1, cfg.chunk_size))[chunk_index >= 0]  # [M, C, H]
+        chunk_states = states[:, :n_slots].unflatten(1, (-1, cfg.chunk_size))[compact.chunk_index >= 0]  # [M, C, H]
         return states[:, n_slots:].index_put((rows, token_pos), chunk_states), chunk_states
 
     # ------------------------------------------------------------------ inference

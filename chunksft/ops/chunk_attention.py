@@ -3,7 +3,7 @@
 The eager reference materialises the dense mask from `chunk_attention_mask` and calls SDPA; it is
 the specification the fused (C++ / Triton) backends are tested against.
 
-Layouts: "bd3", "block_causal", "bidirectional" (masks.py) and "compact", the bd3 layout with the
+Layouts (masks.py): "bd3", "block_causal", "bidirectional" and "compact", the bd3 layout with the
 x_t stream reduced to its masked chunks: the sequence is `[masked chunks of x_t ; x_0]`, S = NM*C + L,
 where `chunk_index` int [B, NM] lists each row's masked chunk ids in increasing order, padded with
 -1 at the end. Every compact row equals the bd3 row of the same query (`chunk_attention_compact_eager`);
@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from chunksft.ops import _cpp
 from chunksft.ops._backend import register_cpp, resolve_backend
 from chunksft.ops._triton import kernel, lazy_jit, next_power_of_2
-from chunksft.ops.masks import LAYOUT_CODES, LAYOUTS, block_ids, chunk_attention_mask, visible
+from chunksft.ops.masks import (LAYOUT_CODES, LAYOUTS, chunk_attention_mask, compact_attention_mask,
+                                 compact_positions)
 
 
 def chunk_attention_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, prompt_lens: torch.Tensor,
@@ -52,42 +53,6 @@ def chunk_attention_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, 
 # ----------------------------------------------------------------------------------------------
 # Compact layout, defined through the bd3 layout
 # ----------------------------------------------------------------------------------------------
-
-def compact_positions(chunk_index: torch.Tensor, prompt_lens: torch.Tensor, chunk_size: int,
-                      seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token position in x_t of every compact slot and whether the slot is real.
-
-    chunk_index: int [B, NM] (increasing chunk ids, -1 padding). Returns (positions int64 [B, NM*C],
-    real bool [B, NM*C]); padding slots get position 0. Real chunks must lie inside the row.
-    """
-    offsets = torch.arange(chunk_size, device=chunk_index.device)
-    pos = prompt_lens.to(chunk_index.device).long()[:, None, None] + chunk_index.long()[:, :, None] * chunk_size
-    pos = (pos + offsets).flatten(1)
-    real = (chunk_index >= 0)[:, :, None].expand(-1, -1, chunk_size).flatten(1)
-    if bool((real & (pos >= seq_len)).any()):
-        raise ValueError("chunk_index names a chunk that does not fit in the sequence; "
-                         "only whole chunks inside [0, L) can be compacted")
-    return torch.where(real, pos, torch.zeros_like(pos)), real
-
-
-def compact_attention_mask(prompt_lens: torch.Tensor, seq_len: int, chunk_index: torch.Tensor, *,
-                           chunk_size: int = 16, seq_lens: torch.Tensor | None = None) -> torch.Tensor:
-    """Dense mask of the compact layout: the bd3 mask restricted to the compact positions, evaluated
-    with `masks.visible` on the compact positions' block ids and streams (no [2L, 2L] bd3 mask).
-
-    Returns bool [B, S, S] with S = NM*C + L; padding slots neither see nor are seen.
-    """
-    pos, real = compact_positions(chunk_index, prompt_lens, chunk_size, seq_len)  # noisy slots: [B, NM*C]
-    blocks = block_ids(prompt_lens, seq_len, chunk_size).to(pos.device)          # x_0: [B, L]
-    tokens = torch.ones_like(blocks, dtype=torch.bool) if seq_lens is None else \
-        torch.arange(seq_len, device=pos.device)[None, :] < seq_lens.to(pos.device)[:, None]
-    block = torch.cat([torch.gather(blocks, 1, pos), blocks], dim=1)
-    clean = torch.cat([torch.zeros_like(real), torch.ones_like(tokens)], dim=1)
-    valid = torch.cat([real & torch.gather(tokens, 1, pos), tokens], dim=1)     # keys that exist
-    present = torch.cat([real, torch.ones_like(tokens)], dim=1)                  # queries that exist
-    mask = visible(block[:, :, None], clean[:, :, None], block[:, None, :], clean[:, None, :], "bd3")
-    return mask & valid[:, None, :] & present[:, :, None]
-
 
 def chunk_attention_compact_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, prompt_lens: torch.Tensor,
                                   chunk_index: torch.Tensor, chunk_size: int = 16,
@@ -508,7 +473,7 @@ def _precision(dtype: torch.dtype) -> str:
 
 
 @dataclass
-class _Layout:
+class _KernelArgs:
     """Per-call layout metadata in the form the kernels read (int32 for Triton, int64 for C++)."""
 
     code: int
@@ -521,9 +486,9 @@ class _Layout:
     chunk_size: int
 
 
-def _layout_meta(q: torch.Tensor, prompt_lens: torch.Tensor, chunk_size: int, layout: str,
+def _kernel_args(q: torch.Tensor, prompt_lens: torch.Tensor, chunk_size: int, layout: str,
                  seq_lens: torch.Tensor | None, chunk_index: torch.Tensor | None,
-                 index_dtype: torch.dtype = torch.int32) -> _Layout:
+                 index_dtype: torch.dtype = torch.int32) -> _KernelArgs:
     batch, _, total, _ = q.shape
     as_index = dict(device=q.device, dtype=index_dtype)
     if layout == "compact":
@@ -542,7 +507,7 @@ def _layout_meta(q: torch.Tensor, prompt_lens: torch.Tensor, chunk_size: int, la
         lens = torch.full((batch,), seq_len, **as_index)
     else:
         lens = seq_lens.to(**as_index).clamp(0, seq_len)
-    return _Layout(LAYOUT_CODES[layout], prompt_lens.to(**as_index).contiguous(), lens.contiguous(), index,
+    return _KernelArgs(LAYOUT_CODES[layout], prompt_lens.to(**as_index).contiguous(), lens.contiguous(), index,
                    seq_len, noisy_len, n_slots, chunk_size)
 
 
@@ -550,7 +515,7 @@ def _rows_last_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def _attn_forward(q, k, v, meta: _Layout, scale: float, record: torch.Tensor | None = None):
+def _attn_forward(q, k, v, meta: _KernelArgs, scale: float, record: torch.Tensor | None = None):
     """-> (o [B, H, S, D] in q.dtype, lse fp32 [B, H, S] log2 units)."""
     batch, heads, total, head_dim = q.shape
     cfg = kernel_configs(head_dim, q.dtype, q.device.type)["fwd"]
@@ -569,7 +534,7 @@ def _attn_forward(q, k, v, meta: _Layout, scale: float, record: torch.Tensor | N
     return o, lse
 
 
-def _attn_backward(do, q, k, v, o, lse, meta: _Layout, scale: float,
+def _attn_backward(do, q, k, v, o, lse, meta: _KernelArgs, scale: float,
                    record_dq: torch.Tensor | None = None, record_dkdv: torch.Tensor | None = None):
     """-> (dq, dk, dv) in the dtypes of q, k, v."""
     batch, heads, total, head_dim = q.shape
@@ -650,7 +615,7 @@ class ChunkAttentionFunction(torch.autograd.Function):
     dtypes of q, k, v."""
 
     @staticmethod
-    def forward(ctx, q, k, v, kernels: AttentionKernels, meta: _Layout, scale: float):
+    def forward(ctx, q, k, v, kernels: AttentionKernels, meta: _KernelArgs, scale: float):
         ctx.dtypes = (q.dtype, k.dtype, v.dtype)
         q, k, v = (kernels.prepare(x) for x in (q, k, v))
         o, lse = kernels.forward(q, k, v, meta, scale)
@@ -677,7 +642,7 @@ def chunk_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     """
     if q.shape[-1] > 128:
         raise ValueError(f"chunk_attention triton backend supports head dims up to 128, got {q.shape[-1]}")
-    meta = _layout_meta(q, prompt_lens, chunk_size, layout, seq_lens, chunk_index)
+    meta = _kernel_args(q, prompt_lens, chunk_size, layout, seq_lens, chunk_index)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     return ChunkAttentionFunction.apply(q, k, v, TRITON_KERNELS, meta, scale)
 
@@ -691,7 +656,7 @@ def _fp32_rows(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def _cpp_layout_args(meta: _Layout) -> tuple:
+def _cpp_args(meta: _KernelArgs) -> tuple:
     return (meta.prompt_lens, meta.seq_lens, meta.chunk_index, meta.code, meta.seq_len, meta.noisy_len,
             meta.chunk_size)
 
@@ -700,9 +665,9 @@ def _cpp_kernels(ext) -> AttentionKernels:
     """The C++ kernels compute in fp32: half-precision inputs are upcast once and the results cast back."""
     return AttentionKernels(
         _fp32_rows,
-        lambda q, k, v, meta, scale: ext.chunk_attention_forward(q, k, v, *_cpp_layout_args(meta), scale),
+        lambda q, k, v, meta, scale: ext.chunk_attention_forward(q, k, v, *_cpp_args(meta), scale),
         lambda do, q, k, v, o, lse, meta, scale: ext.chunk_attention_backward(do, q, k, v, o, lse,
-                                                                              *_cpp_layout_args(meta), scale))
+                                                                              *_cpp_args(meta), scale))
 
 
 def chunk_attention_cpp(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, prompt_lens: torch.Tensor,
@@ -719,7 +684,7 @@ def chunk_attention_cpp(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, pr
                                      seq_lens=seq_lens, scale=scale)
     if layout == "compact":  # validates the chunk ids (the kernels trust them)
         compact_positions(chunk_index, prompt_lens, chunk_size, q.shape[2] - chunk_index.shape[1] * chunk_size)
-    meta = _layout_meta(q, prompt_lens, chunk_size, layout, seq_lens, chunk_index, index_dtype=torch.int64)
+    meta = _kernel_args(q, prompt_lens, chunk_size, layout, seq_lens, chunk_index, index_dtype=torch.int64)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     return ChunkAttentionFunction.apply(q, k, v, _cpp_kernels(ext), meta, scale)
 
@@ -732,7 +697,7 @@ def tile_schedule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, prompt_l
                   chunk_index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Tiles each Triton kernel visits, counted over heads: int32 [B, n_query_tiles, n_key_tiles] per kernel
     ("fwd", "bwd_dq", "bwd_dkdv"), in each kernel's own tile sizes (`kernel_configs`)."""
-    meta = _layout_meta(q, prompt_lens, chunk_size, layout, seq_lens, chunk_index)
+    meta = _kernel_args(q, prompt_lens, chunk_size, layout, seq_lens, chunk_index)
     batch, _, total, head_dim = q.shape
     cfgs = kernel_configs(head_dim, q.dtype, q.device.type)
     counts = {name: torch.zeros(batch, _cdiv(total, c.block_m), _cdiv(total, c.block_n),

@@ -16,7 +16,7 @@ import torch
 from chunksft.ops import _cpp
 from chunksft.ops._backend import register_cpp, resolve_backend
 from chunksft.ops._triton import kernel, lazy_jit, next_power_of_2
-from chunksft.ops.masks import check_chunk_size
+from chunksft.ops.masks import CompactLayout, check_chunk_size, compact_layout
 
 IGNORE_INDEX = -100
 
@@ -210,11 +210,6 @@ def draw_token_mask_counter(chunk_masked: torch.Tensor, chunk_size: int, token_r
     return tokens & selected, torch.where(chunk_masked, rate, torch.zeros_like(rate))
 
 
-class CompactLayout(NamedTuple):
-    chunk_index: torch.Tensor  # int64 [B, NM]: masked chunk ids per row, increasing, -1 padded (NM = max count)
-    positions: torch.Tensor    # int64 [B, NM*C]: token position of each compact x_t slot (0 on padding slots)
-
-
 def draw_chunk_mask_counter(n_chunks: torch.Tensor, max_chunks: int, mask_prob: float, seed: int) -> torch.Tensor:
     """`draw_chunk_mask` with counter-based randomness: chunk j of row b is masked iff
     mix32(row_key ^ mix32(j ^ SALT)) >> 8 < round(p * 2**24), row_key = mix32(seed_key(seed) ^ b); a row that
@@ -229,21 +224,6 @@ def draw_chunk_mask_counter(n_chunks: torch.Tensor, max_chunks: int, mask_prob: 
     fallback = mix32(row_key ^ _FALLBACK_SALT) % n_chunks.clamp(min=1)[:, None]
     needs = (~masked.any(dim=1, keepdim=True)) & (n_chunks[:, None] > 0)
     return masked | (needs & (chunks == fallback))
-
-
-def compact_layout(chunk_masked: torch.Tensor, prompt_lens: torch.Tensor, chunk_size: int) -> CompactLayout:
-    """The compacted x_t layout of `chunk_attention(layout="compact")` for a chunk draw [B, N]."""
-    count = chunk_masked.sum(dim=1)
-    width = int(count.max().item()) if chunk_masked.numel() else 0
-    ids = torch.arange(chunk_masked.shape[1], device=chunk_masked.device).expand_as(chunk_masked)
-    # Masked ids first, in increasing order: sort by (not masked, id).
-    order = torch.sort(torch.where(chunk_masked, ids, ids + chunk_masked.shape[1]), dim=1).values[:, :width]
-    slots = torch.arange(width, device=chunk_masked.device)[None, :]
-    chunk_index = torch.where(slots < count[:, None], order, torch.full_like(order, -1))
-    pos = prompt_lens.to(chunk_masked.device).long()[:, None, None] + chunk_index[:, :, None] * chunk_size
-    pos = pos + torch.arange(chunk_size, device=chunk_masked.device)
-    positions = torch.where(chunk_index[:, :, None] >= 0, pos, torch.zeros_like(pos)).flatten(1)
-    return CompactLayout(chunk_index, positions)
 
 
 def _seq_lens(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -406,9 +386,11 @@ register_cpp("chunk_mask")
 def chunk_mask(input_ids: torch.Tensor, prompt_lens: torch.Tensor, *, chunk_size: int = 16, mask_prob: float = 0.3,
                mask_id: int, generator: torch.Generator | None = None, backend: str = "auto",
                attention_mask: torch.Tensor | None = None, chunk_masked: torch.Tensor | None = None,
-               seed: int | None = None, token_rate: tuple[float, float] = (1.0, 1.0)) -> ChunkMask:
+               seed: int | None = None, token_rate: tuple[float, float] = (1.0, 1.0), return_layout: bool = False
+               ) -> ChunkMask | tuple[ChunkMask, CompactLayout]:
     """Mask response chunks (docs/design.md §1.4): whole chunks, or tokens inside them at a per-chunk rate
-    t ~ U(*token_rate) (bd3). See `chunk_mask_eager` for shapes.
+    t ~ U(*token_rate) (bd3). See `chunk_mask_eager` for shapes. With `return_layout`, also the
+    draw's `CompactLayout` (masks.py), which the fused backends compute in the same pass.
 
     backend: "eager" | "cpp" | "triton" | "auto" ("auto": triton on CUDA, else eager / cpp).
     The eager default draws from `generator` (torch.rand). `seed`, and every fused backend, use the
@@ -418,18 +400,16 @@ def chunk_mask(input_ids: torch.Tensor, prompt_lens: torch.Tensor, *, chunk_size
     """
     resolved = resolve_backend("chunk_mask", backend, input_ids.device)
     if chunk_masked is not None or (resolved == "eager" and seed is None):
-        return chunk_mask_eager(input_ids, prompt_lens, chunk_size=chunk_size, mask_prob=mask_prob, mask_id=mask_id,
-                                generator=generator, attention_mask=attention_mask, chunk_masked=chunk_masked,
-                                token_rate=token_rate)
+        drawn = chunk_mask_eager(input_ids, prompt_lens, chunk_size=chunk_size, mask_prob=mask_prob, mask_id=mask_id,
+                                 generator=generator, attention_mask=attention_mask, chunk_masked=chunk_masked,
+                                 token_rate=token_rate)
+        return (drawn, compact_layout(drawn.chunk_masked, prompt_lens, chunk_size)) if return_layout else drawn
     if seed is None:
         seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator).item())
-    kwargs = dict(seed=seed, chunk_size=chunk_size, mask_prob=mask_prob, mask_id=mask_id,
-                  attention_mask=attention_mask, token_rate=token_rate)
-    if resolved == "triton":
-        return chunk_mask_counter_triton(input_ids, prompt_lens, **kwargs)[0]
-    if resolved == "cpp":
-        return chunk_mask_counter_cpp(input_ids, prompt_lens, **kwargs)[0]
-    return chunk_mask_counter(input_ids, prompt_lens, **kwargs)[0]
+    counter = {"triton": chunk_mask_counter_triton, "cpp": chunk_mask_counter_cpp}.get(resolved, chunk_mask_counter)
+    drawn, layout = counter(input_ids, prompt_lens, seed=seed, chunk_size=chunk_size, mask_prob=mask_prob,
+                            mask_id=mask_id, attention_mask=attention_mask, token_rate=token_rate)
+    return (drawn, layout) if return_layout else drawn
 
 
 def aot_specs() -> list[dict]:

@@ -14,8 +14,15 @@ Layouts (q may attend k):
       - q in x_t at chunk i >= 0: x_0 keys of blocks < i and x_t keys of chunk i;
       - q in x_t in the prompt: x_0 prompt keys (so its output equals the clean stream's).
 Keys at positions >= `seq_lens[b]` (right padding, per stream) are invisible in every layout.
+
+"compact" is the bd3 layout with the x_t stream reduced to its masked chunks (`CompactLayout`): the
+sequence is `[masked chunks of x_t ; x_0]`, S = NM*C + L; every compact row is the bd3 row of the same
+query, so its visibility is `visible(..., "bd3")` evaluated on the compact positions. The chunk
+masking kernels compute the layout with the draw (`chunk_mask(..., return_layout=True)`).
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
@@ -83,3 +90,62 @@ def chunk_attention_mask(prompt_lens: torch.Tensor, seq_len: int, *, chunk_size:
         clean = torch.ones_like(valid)
     mask = visible(blocks[:, :, None], clean[:, :, None], blocks[:, None, :], clean[:, None, :], layout)
     return mask & valid[:, None, :]
+
+
+# ----------------------------------------------------------------------------------------------
+# The compact layout
+# ----------------------------------------------------------------------------------------------
+class CompactLayout(NamedTuple):
+    chunk_index: torch.Tensor  # int64 [B, NM]: masked chunk ids per row, increasing, -1 padded (NM = max count)
+    positions: torch.Tensor    # int64 [B, NM*C]: token position of each compact x_t slot (0 on padding slots)
+
+
+def compact_layout(chunk_masked: torch.Tensor, prompt_lens: torch.Tensor, chunk_size: int) -> CompactLayout:
+    """The compacted x_t layout of `chunk_attention(layout="compact")` for a chunk draw [B, N]."""
+    count = chunk_masked.sum(dim=1)
+    width = int(count.max().item()) if chunk_masked.numel() else 0
+    ids = torch.arange(chunk_masked.shape[1], device=chunk_masked.device).expand_as(chunk_masked)
+    # Masked ids first, in increasing order: sort by (not masked, id).
+    order = torch.sort(torch.where(chunk_masked, ids, ids + chunk_masked.shape[1]), dim=1).values[:, :width]
+    slots = torch.arange(width, device=chunk_masked.device)[None, :]
+    chunk_index = torch.where(slots < count[:, None], order, torch.full_like(order, -1))
+    pos = prompt_lens.to(chunk_masked.device).long()[:, None, None] + chunk_index[:, :, None] * chunk_size
+    pos = pos + torch.arange(chunk_size, device=chunk_masked.device)
+    positions = torch.where(chunk_index[:, :, None] >= 0, pos, torch.zeros_like(pos)).flatten(1)
+    return CompactLayout(chunk_index, positions)
+
+
+def compact_positions(chunk_index: torch.Tensor, prompt_lens: torch.Tensor, chunk_size: int,
+                      seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token position in x_t of every compact slot and whether the slot is real.
+
+    chunk_index: int [B, NM] (increasing chunk ids, -1 padding). Returns (positions int64 [B, NM*C],
+    real bool [B, NM*C]); padding slots get position 0. Real chunks must lie inside the row.
+    """
+    offsets = torch.arange(chunk_size, device=chunk_index.device)
+    pos = prompt_lens.to(chunk_index.device).long()[:, None, None] + chunk_index.long()[:, :, None] * chunk_size
+    pos = (pos + offsets).flatten(1)
+    real = (chunk_index >= 0)[:, :, None].expand(-1, -1, chunk_size).flatten(1)
+    if bool((real & (pos >= seq_len)).any()):
+        raise ValueError("chunk_index names a chunk that does not fit in the sequence; "
+                         "only whole chunks inside [0, L) can be compacted")
+    return torch.where(real, pos, torch.zeros_like(pos)), real
+
+
+def compact_attention_mask(prompt_lens: torch.Tensor, seq_len: int, chunk_index: torch.Tensor, *,
+                           chunk_size: int = 16, seq_lens: torch.Tensor | None = None) -> torch.Tensor:
+    """Dense mask of the compact layout: the bd3 mask restricted to the compact positions, evaluated
+    with `masks.visible` on the compact positions' block ids and streams (no [2L, 2L] bd3 mask).
+
+    Returns bool [B, S, S] with S = NM*C + L; padding slots neither see nor are seen.
+    """
+    pos, real = compact_positions(chunk_index, prompt_lens, chunk_size, seq_len)  # noisy slots: [B, NM*C]
+    blocks = block_ids(prompt_lens, seq_len, chunk_size).to(pos.device)          # x_0: [B, L]
+    tokens = torch.ones_like(blocks, dtype=torch.bool) if seq_lens is None else \
+        torch.arange(seq_len, device=pos.device)[None, :] < seq_lens.to(pos.device)[:, None]
+    block = torch.cat([torch.gather(blocks, 1, pos), blocks], dim=1)
+    clean = torch.cat([torch.zeros_like(real), torch.ones_like(tokens)], dim=1)
+    valid = torch.cat([real & torch.gather(tokens, 1, pos), tokens], dim=1)     # keys that exist
+    present = torch.cat([real, torch.ones_like(tokens)], dim=1)                  # queries that exist
+    mask = visible(block[:, :, None], clean[:, :, None], block[:, None, :], clean[:, None, :], "bd3")
+    return mask & valid[:, None, :] & present[:, :, None]

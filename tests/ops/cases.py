@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from chunksft.ops.chunk_attention import (chunk_attention_compact_eager, chunk_attention_eager,
-                                          compact_attention_mask)
-from chunksft.ops.masks import chunk_attention_mask
+from chunksft.ops.chunk_attention import chunk_attention_compact_eager, chunk_attention_eager
+from chunksft.ops.masks import chunk_attention_mask, compact_attention_mask
 
 # chunk attention: batch of 2 rows; `chunks` (compact layout only) lists each row's masked chunks, -1 = padding slot.
 ATTENTION_CASES = {

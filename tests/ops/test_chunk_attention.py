@@ -6,9 +6,8 @@ import torch
 from chunksft.ops import chunk_attention
 from chunksft.ops._backend import resolve_backend
 from chunksft.ops.chunk_attention import (chunk_attention_compact_eager, chunk_attention_eager,
-                                          chunk_attention_triton, compact_attention_mask, compact_positions,
-                                          kernel_configs, tile_schedule)
-from chunksft.ops.masks import chunk_attention_mask
+                                          chunk_attention_triton, kernel_configs, tile_schedule)
+from chunksft.ops.masks import chunk_attention_mask, compact_attention_mask, compact_positions
 from tests.ops.cases import ATTENTION_CASES, attention_dense_mask, attention_inputs, attention_reference
 from tests.tolerance import assert_close_to_reference, fp64
 

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from chunksft.ops.chunk_attention import compact_positions
 from chunksft.ops.chunk_mask import (chunk_mask, chunk_mask_counter, chunk_mask_counter_triton, mix32,
                                      seed_key)
+from chunksft.ops.masks import compact_positions
 from tests.ops.cases import MASK_ID, TOKEN_RATES, assert_same_mask, mask_batch
 
 pytest.importorskip("triton")
