@@ -55,7 +55,8 @@ class ModelConfig:
     num_hidden_layers: Optional[int] = None
     num_attention_heads: Optional[int] = None
     intermediate_size: Optional[int] = None
-    # Width of the refinement head's core block (null: HybridConfig's default, 256).
+    # Width of the refinement head's core block (null: HybridConfig's default, half the backbone
+    # width, at most 256).
     head_hidden_size: Optional[int] = None
     # "last": TRM's gradient (each refinement step backpropagates through its last recursion only);
     # "full": through every update of every step (backward cost grows with the steps).
