@@ -121,7 +121,9 @@ class HybridConfig(PreTrainedConfig):
         self.deep_supervision_interval = deep_supervision_interval
         self.freeze_backbone = freeze_backbone
         self.train_mask_embedding = train_mask_embedding
-        self.head_hidden_size = head_hidden_size or min(256, self.backbone["hidden_size"] // 2)
+        if head_hidden_size is None:
+            head_hidden_size = min(256, self.backbone["hidden_size"] // 2)
+        self.head_hidden_size = head_hidden_size
         self.head_num_heads = head_num_heads
         self.confidence_threshold = confidence_threshold
         self.backend = backend

@@ -11,6 +11,7 @@ extension can be neither imported nor built (`_cpp.load`).
 from __future__ import annotations
 
 import os
+
 import torch
 
 from chunksft.ops._triton import interpreter_enabled, triton_installed

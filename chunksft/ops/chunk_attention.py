@@ -508,7 +508,7 @@ def _kernel_args(q: torch.Tensor, prompt_lens: torch.Tensor, chunk_size: int, la
     else:
         lens = seq_lens.to(**as_index).clamp(0, seq_len)
     return _KernelArgs(LAYOUT_CODES[layout], prompt_lens.to(**as_index).contiguous(), lens.contiguous(), index,
-                   seq_len, noisy_len, n_slots, chunk_size)
+                       seq_len, noisy_len, n_slots, chunk_size)
 
 
 def _rows_last_contiguous(x: torch.Tensor) -> torch.Tensor:

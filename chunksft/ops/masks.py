@@ -27,7 +27,7 @@ from typing import NamedTuple
 import torch
 
 LAYOUTS = ("bd3", "block_causal", "bidirectional")
-# Kernel codes of the layouts, "compact" (chunk_attention.py) included: a runtime argument of the
+# Kernel codes of the layouts, "compact" (below) included: a runtime argument of the
 # Triton and C++ attention kernels (one compiled kernel serves every layout). Mirrored once, by
 # `enum Layout` in csrc/chunk_attention.cpp.
 LAYOUT_CODES = {"bidirectional": 0, "block_causal": 1, "bd3": 2, "compact": 3}
