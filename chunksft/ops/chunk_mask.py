@@ -67,12 +67,6 @@ def num_chunks(prompt_lens: torch.Tensor, seq_lens: torch.Tensor, chunk_size: in
     return torch.clamp(torch.div(seq_lens - prompt_lens, chunk_size, rounding_mode="floor"), min=0).long()
 
 
-def chunk_positions(prompt_lens: torch.Tensor, seq_len: int, chunk_size: int, n_chunks: int) -> torch.Tensor:
-    """Token position of every (row, chunk, offset), clamped into [0, L).  -> int64 [B, N, C]"""
-    offsets = torch.arange(n_chunks * chunk_size, device=prompt_lens.device).view(n_chunks, chunk_size)
-    return (prompt_lens.long()[:, None, None] + offsets[None]).clamp_(max=max(seq_len - 1, 0))
-
-
 def draw_chunk_mask(n_chunks: torch.Tensor, max_chunks: int, mask_prob: float,
                     generator: torch.Generator | None = None) -> torch.Tensor:
     """Bernoulli(mask_prob) per chunk; a row that drew none gets one uniformly chosen chunk.
