@@ -4,36 +4,45 @@ One fwd+bwd of `HybridModel` (tiny Qwen3, frozen backbone: the chunk_sft default
 prompt 64, exactly round(0.3 N) masked chunks per row) for K = 1, 2, 4, 8, 16 and head_gradient
 "last" (TRM's rule, the default) and "full". Two memory figures per case:
 
-* peak MB: the resident-set increase at the peak of the step (harness.peak_memory_mb), what a user
-  sizes a machine by;
-* saved MB: the bytes autograd keeps for the backward at the end of the forward (unique storages
-  seen by `torch.autograd.graph.saved_tensors_hooks`), the term that grows with K.
+* peak MB: the resident-set increase at the peak of the step (harness.peak_memory_mb, the median
+  of 3 steps: one reading varies by ~10% with the allocator's state), what a user sizes a machine by;
+* saved MB: the bytes autograd still holds for the backward at the end of the forward (distinct
+  storages packed by `torch.autograd.graph.saved_tensors_hooks` and still alive), the term that grows
+  with K when one graph spans all steps.
 
     python -m benchmarks.bench_head_memory [--seq-len 1024] [--batch 4] [--ks 1 2 4 8 16]
 """
 from __future__ import annotations
 
 import argparse
+import statistics
+import weakref
 
 import torch
 
 from benchmarks.bench_train_step import PROMPT, fixed_chunk_mask
-from benchmarks.harness import Row, measure, report
+from benchmarks.harness import Row, measure, peak_memory_mb, report
 
 GRADIENTS = ("last", "full")
 
 
 def saved_tensor_mb(fn) -> float:
-    """MB of the distinct storages autograd saves while fn() runs (fn returns the loss, not backpropagated)."""
-    storages: dict[int, int] = {}
+    """MB of the distinct storages autograd still holds for the backward when fn() returns (fn returns
+    the loss, not backpropagated). Tensors saved by a graph that was freed during fn (the step-by-step
+    backward of head_gradient "last") no longer count."""
+    packed: list[weakref.ref] = []
 
     def pack(t: torch.Tensor):
-        storage = t.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
+        packed.append(weakref.ref(t))
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
+        loss = fn()  # keeps the graph, and what it saved, alive while counting
+    storages: dict[int, int] = {}
+    for ref in packed:
+        if (t := ref()) is not None:
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    del loss
     return sum(storages.values()) / 2 ** 20
 
 
@@ -70,6 +79,7 @@ def main(argv=None) -> list[Row]:
             step()  # warm-up: first-call allocations (extension load, thread pools) are not the step's
             saved[gradient, k] = saved_tensor_mb(loss)
             row = measure(f"head_gradient={gradient}", f"K={k}", step, "cpu", reps=args.reps)
+            row.peak_mb = statistics.median([row.peak_mb] + [peak_memory_mb(step, "cpu") for _ in range(2)])
             row.rate = saved[gradient, k]
             rows.append(row)
             del model
@@ -82,7 +92,8 @@ def main(argv=None) -> list[Row]:
     report("head_memory_cpu", rows, rate_unit="saved MB", meta=dict(
         model="tiny Qwen3, frozen backbone", L=args.seq_len, batch=args.batch, prompt=PROMPT, masked_chunks=masked,
         backend="auto", threads=args.threads, step="fwd+bwd (no optimizer update)",
-        saved="MB of distinct storages autograd saves for the backward"))
+        saved="MB of distinct storages autograd holds for the backward at the end of the forward",
+        peak="median of 3 steps"))
     return rows
 
 

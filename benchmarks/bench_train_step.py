@@ -6,8 +6,8 @@ forward + backward (gradients zeroed first; no optimizer update, like the docs/d
          forward per masked chunk, eager backend) + the same loss;
   eager  one bd3 pass, backend="eager", compact_noisy_stream=False: SDPA + dense [2L, 2L] mask (the anchor);
   fused  one bd3 pass, backend="auto" (C++ on CPU when built) + compact_noisy_stream=True;
-  head   diagnostic: the refinement head + decode + loss alone (fwd+bwd) on fixed chunk states, the
-         work every provider shares; "backbone part" ratios subtract it.
+  head   diagnostic: the refinement head + decode + loss alone (`HybridModel.supervise`, fwd+bwd) on
+         fixed chunk states, the work every provider shares; "backbone part" ratios subtract it.
 All three use identical weights and the same masked chunks (exactly round(mask_probability * N) chunks
 per row, drawn with a fixed seed) and are timed interleaved, round by round, so a busy shared machine
 slows them alike; the losses are checked to agree. tokens/s counts the B*L tokens of the rows (not 2L).
@@ -129,10 +129,7 @@ def step_fns(models, ids, prompt_lens, chunk_masked):
         step that is the same for every provider."""
         model = models["fused"]
         zero(model)
-        trace = model.refine(states)
-        loss, _ = loop_loss([model.decode(y) for y in trace.states], trace.confidence, targets,
-                            deep_supervision_weight=model.config.deep_supervision_weight,
-                            enable_deep_supervision=model.config.enable_deep_supervision)
+        loss = model.supervise(states, targets).loss
         loss.backward()
         return loss.detach()
 

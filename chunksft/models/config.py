@@ -59,7 +59,8 @@ class HybridConfig(PreTrainedConfig):
     steps_per_chunk: denoising forwards per generated chunk (several need a bd3-trained backbone).
     max_recursive_steps: K refinement steps. latent_steps: z updates per refinement step.
     head_gradient: "last" (TRM: each step backpropagates through its last recursion only, the state
-    carried between steps is detached) or "full" (through every update of every step).
+    carried between steps is detached; training memory flat in K) or "full" (through every update of
+    every step; memory grows with K).
     deep_supervision_weight / enable_deep_supervision: weight of the intermediate-step CE.
     deep_supervision_interval: decode and supervise every n-th refinement step (and the last); 1 = all.
     freeze_backbone: no gradient into the backbone (chunk_sft default). train_mask_embedding: learn

@@ -10,8 +10,18 @@ causality of the backbone layout is preserved.
 Gradient (`gradient`): "full" backpropagates through every update of every step. "last" is TRM's
 rule: within a step the z updates except the last run without gradient, and the (y, z) carried to
 the next step is detached, so each step's loss trains one recursion (the last z update and the y
-update) and the backward cost per step no longer grows with `latent_steps` or with the step index.
-The forward values are the same either way.
+update) and the backward cost per step no longer grows with `latent_steps` or with the step index;
+training then differentiates each step as soon as it is computed (`models/deep_supervision.py`), so
+the head's activation memory does not grow with the number of steps either. The forward values are
+the same either way.
+
+The submodules hold the parameters (their state-dict keys are the stock `nn.Linear` / `nn.RMSNorm`
+layout) but are never called through their hooks: the head computes with their weights functionally
+(`_linear`, `_norm`, `CoreBlock.forward`).
+Under ZeRO-3 the engine registers every head parameter on the head itself
+(`HybridModel.zero3_gathered_parameters`), so one fetch per head forward gathers them all, instead of
+one hooked fetch per Linear and norm, and no ZeRO-3 module hook fires inside the step-by-step backward
+of `models/deep_supervision.py`.
 """
 from __future__ import annotations
 
@@ -20,6 +30,14 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def _linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, layer.weight, layer.bias)
+
+
+def _norm(norm: nn.RMSNorm, x: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, norm.normalized_shape, norm.weight, norm.eps)
 
 
 class CoreBlock(nn.Module):
@@ -40,10 +58,11 @@ class CoreBlock(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """h: [M, C, d] -> [M, C, d]"""
         m, c, d = h.shape
-        q, k, v = self.qkv(self.attn_norm(h)).view(m, c, 3, self.num_heads, d // self.num_heads).unbind(2)
+        qkv = _linear(self.qkv, _norm(self.attn_norm, h))
+        q, k, v = qkv.view(m, c, 3, self.num_heads, d // self.num_heads).unbind(2)
         a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        h = h + self.attn_out(a.transpose(1, 2).reshape(m, c, d))
-        return h + self.mlp_out(F.gelu(self.mlp_in(self.mlp_norm(h))))
+        h = h + _linear(self.attn_out, a.transpose(1, 2).reshape(m, c, d))
+        return h + _linear(self.mlp_out, F.gelu(_linear(self.mlp_in, _norm(self.mlp_norm, h))))
 
 
 class RefinementTrace(NamedTuple):
@@ -83,19 +102,24 @@ class RefinementHead(nn.Module):
         nn.init.zeros_(self.halt.weight)
         nn.init.constant_(self.halt.bias, -2.0)
 
+    def start(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Chunk states x: [M, C, H] -> (x_proj [M, C, d], y_0 = x [M, C, H], z_0 [M, C, d])."""
+        x_proj = _linear(self.x_in, x)
+        return x_proj, x, self.z_init.to(x_proj.dtype).expand_as(x_proj)
+
     def step(self, x_proj: torch.Tensor, y: torch.Tensor, z: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One refinement step. x_proj: [M, C, d]; y: [M, C, H]; z: [M, C, d] -> (y', z', halt logit [M])."""
-        y_proj = self.y_in(y)
+        y_proj = _linear(self.y_in, y)
         free = self.latent_steps - 1 if self.gradient == "last" else 0
         with torch.no_grad():
             for _ in range(free):
-                z = self.core(z + x_proj + y_proj)
+                z = self.core.forward(z + x_proj + y_proj)
         for _ in range(self.latent_steps - free):
-            z = self.core(z + x_proj + y_proj)
-        update = self.out_norm(self.core(z + y_proj))
-        y = y + self.delta(update)
-        return y, z, self.halt(update.mean(dim=1)).squeeze(-1).float()
+            z = self.core.forward(z + x_proj + y_proj)
+        update = _norm(self.out_norm, self.core.forward(z + y_proj))
+        y = y + _linear(self.delta, update)
+        return y, z, _linear(self.halt, update.mean(dim=1)).squeeze(-1).float()
 
     def forward(self, x: torch.Tensor, num_steps: int, halt_threshold: float | None = None,
                 early_exit: bool = True) -> RefinementTrace:
@@ -105,8 +129,7 @@ class RefinementHead(nn.Module):
         later steps leave its y unchanged and its step count stops growing. `early_exit=False` keeps
         looping after every chunk halted (ZeRO-3 ranks must run the same number of forwards).
         """
-        x_proj = self.x_in(x)
-        y, z = x, self.z_init.to(x_proj.dtype).expand_as(x_proj)
+        x_proj, y, z = self.start(x)
         active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         steps = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         states, confidence = [], []

@@ -20,6 +20,7 @@ from transformers.utils import ModelOutput
 
 from chunksft.models.attention import ATTN_IMPLEMENTATION, ChunkLayout
 from chunksft.models.config import HybridConfig
+from chunksft.models.deep_supervision import StepwiseChunkSFT, SupervisionResult
 from chunksft.models.head import RefinementHead
 from chunksft.objectives.block_diffusion import block_diffusion_token_weights
 from chunksft.objectives.chunk_sft import chunk_sft_loss, masked_token_ce, supervised_steps
@@ -108,6 +109,7 @@ class HybridModel(PreTrainedModel):
         self.head = RefinementHead(hidden, config.head_hidden_size, config.head_num_heads, config.chunk_size,
                                    config.latent_steps, config.head_gradient)
         self.lm_loss = LMHeadLoss(config.backend)
+        self.stepwise_chunk_sft = StepwiseChunkSFT()
         if config.train_mask_embedding:
             # A learned offset of the mask token's embedding (zero init): trainable with a frozen,
             # ZeRO-3-partitioned embedding table, which __init__ could not read.
@@ -165,6 +167,16 @@ class HybridModel(PreTrainedModel):
             module.reset_parameters()
         elif module is self and self.config.train_mask_embedding:
             nn.init.zeros_(self.mask_embedding_delta)
+
+    def zero3_gathered_parameters(self) -> dict[nn.Module, list[nn.Parameter]]:
+        """Parameters each module reads without calling the module that owns them: ZeRO-3 must gather
+        them around that module's forward and backward (the engine registers them as its external
+        parameters). The refinement head computes with its submodules' weights directly (one fetch per
+        head call); `lm_loss` reads the LM-head weight; `stepwise_chunk_sft` reads all of these and
+        the final norm's."""
+        head = list(self.head.parameters())
+        return {self.head: head, self.lm_loss: [self.lm_head.weight],
+                self.stepwise_chunk_sft: head + list(self.final_norm.parameters()) + [self.lm_head.weight]}
 
     # ------------------------------------------------------------------ backbone pieces
     @property
@@ -296,6 +308,28 @@ class HybridModel(PreTrainedModel):
         noisy_states, chunk_states, rows, token_pos, index = self._one_pass(input_ids, drawn, compact, attention_mask,
                                                                             prompt_lens)
         targets = input_ids[rows, token_pos]
+        loss, metrics, final_states, final_pred, final_chunk_ce = self.supervise(chunk_states, targets, refine)
+        metrics["masked_chunks"] = torch.tensor(float(index.shape[0]))
+        logits = None
+        if return_logits:
+            logits = self.decode(noisy_states).index_put((rows, token_pos), self.decode(final_states))
+        return HybridOutput(logits=logits, loss=loss, metrics=metrics, noisy_input_ids=drawn.input_ids,
+                            labels=drawn.labels, chunk_masked=drawn.chunk_masked, chunk_index=index,
+                            chunk_targets=targets, chunk_predictions=final_pred, chunk_ce=final_chunk_ce)
+
+    def supervise(self, chunk_states: torch.Tensor, targets: torch.Tensor, refine: bool = True) -> SupervisionResult:
+        """The refinement head + the chunk_sft objective on the masked chunks' states.
+
+        chunk_states: pre-norm [M, C, H]; targets: int64 [M, C]. Returns (loss, metrics, final states
+        [M, C, H], final argmax int64 [M, C], final CE per chunk fp32 [M]). Training under
+        head_gradient "last" differentiates each step as it is computed (`StepwiseChunkSFT`: memory
+        flat in K); "full", evaluation and `refine=False` build one graph. Same values either way.
+        """
+        cfg = self.config
+        if refine and cfg.head_gradient == "last" and torch.is_grad_enabled():
+            return self.stepwise_chunk_sft(self.head, self.final_norm, self.lm_loss, self.lm_head.weight, chunk_states,
+                                           targets, cfg.max_recursive_steps, cfg.deep_supervision_weight,
+                                           cfg.enable_deep_supervision, cfg.deep_supervision_interval)
         trace = self.refine(chunk_states) if refine else None
         step_states, halt_logits = [chunk_states], []
         if refine:  # only the supervised steps are decoded (deep_supervision_interval)
@@ -312,13 +346,7 @@ class HybridModel(PreTrainedModel):
                                            enable_deep_supervision=cfg.enable_deep_supervision)
         else:
             loss, metrics = step_ce[0], {"ce_final": step_ce[0].detach()}
-        metrics["masked_chunks"] = torch.tensor(float(index.shape[0]))
-        logits = None
-        if return_logits:
-            logits = self.decode(noisy_states).index_put((rows, token_pos), self.decode(step_states[-1]))
-        return HybridOutput(logits=logits, loss=loss, metrics=metrics, noisy_input_ids=drawn.input_ids,
-                            labels=drawn.labels, chunk_masked=drawn.chunk_masked, chunk_index=index,
-                            chunk_targets=targets, chunk_predictions=step_pred[-1], chunk_ce=final_chunk_ce)
+        return SupervisionResult(loss, metrics, step_states[-1], step_pred[-1], final_chunk_ce)
 
     def _bd3(self, input_ids, attention_mask, prompt_lens, attention_layout, generator, return_logits
              ) -> HybridOutput:

@@ -32,6 +32,25 @@ def supervised_steps(num_steps: int, interval: int) -> list[int]:
     return sorted({k for k in range(num_steps) if (k + 1) % interval == 0} | {num_steps - 1})
 
 
+def chunk_correct(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """1.0 where a chunk's argmax is right at all C tokens: int64 [M, C] x2 -> float32 [M]"""
+    return (predictions == targets).all(dim=-1).float()
+
+
+def halting_bce(halt_logits: torch.Tensor, predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """BCE_k of the module docstring: halt logits [M], the step's argmax int64 [M, C], targets [M, C] -> scalar"""
+    return F.binary_cross_entropy_with_logits(halt_logits, chunk_correct(predictions, targets).to(halt_logits.dtype))
+
+
+def supervision_weights(num_supervised: int, deep_supervision_weight: float, enable_deep_supervision: bool = True
+                        ) -> list[tuple[float, float]]:
+    """(weight of CE_k, weight of BCE_k) per supervised step, the final step last: the loss of the module
+    docstring is linear in the per-step terms, loss = sum_k a_k CE_k + b_k BCE_k."""
+    intermediate = deep_supervision_weight / (num_supervised - 1) \
+        if num_supervised > 1 and enable_deep_supervision else 0.0
+    return [(intermediate, 1.0 / num_supervised)] * (num_supervised - 1) + [(1.0, 1.0 / num_supervised)]
+
+
 def chunk_sft_loss(step_ce: list[torch.Tensor], step_predictions: list[torch.Tensor], halt_logits: list[torch.Tensor],
                    targets: torch.Tensor, *, deep_supervision_weight: float, enable_deep_supervision: bool = True
                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -40,14 +59,16 @@ def chunk_sft_loss(step_ce: list[torch.Tensor], step_predictions: list[torch.Ten
     step_ce: CE_k of the supervised steps (the final step last); step_predictions: their int64 [M, C]
     argmax l_k; halt_logits: their [M]; targets: int64 [M, C]. Returns (loss, metrics of detached scalars).
     """
+    halting = [halting_bce(h, pred, targets) for h, pred in zip(halt_logits, step_predictions)]
+    weights = supervision_weights(len(step_ce), deep_supervision_weight, enable_deep_supervision)
+    loss = sum(a * ce + b * bce for (a, b), ce, bce in zip(weights, step_ce, halting))
     final = step_ce[-1]
     intermediate = torch.stack(step_ce[:-1]).mean() if len(step_ce) > 1 and enable_deep_supervision \
         else final.new_zeros(())
-    correct = [(pred == targets).all(dim=-1).float() for pred in step_predictions]
-    halting = torch.stack([F.binary_cross_entropy_with_logits(h, c) for h, c in zip(halt_logits, correct)]).mean()
-    loss = final + deep_supervision_weight * intermediate + halting
-    metrics = {"ce_final": final.detach(), "ce_intermediate": intermediate.detach(), "halting_bce": halting.detach(),
-               "chunk_acc_final": correct[-1].mean(), "chunk_acc_step1": correct[0].mean()}
+    metrics = {"ce_final": final.detach(), "ce_intermediate": intermediate.detach(),
+               "halting_bce": torch.stack(halting).mean().detach(),
+               "chunk_acc_final": chunk_correct(step_predictions[-1], targets).mean(),
+               "chunk_acc_step1": chunk_correct(step_predictions[0], targets).mean()}
     return loss, metrics
 
 

@@ -146,9 +146,9 @@ def build_model(cfg: TrainConfig, ds_config: dict[str, Any], tokenizer) -> tuple
         # `dtype=` on accelerators without fp16 support (CPU) and partitions in bf16.
         with deepspeed.zero.Init(config_dict_or_path=ds_config):
             model = HybridModel.from_backbone(source, dtype=dtype, **kwargs)
-    # The chunk_sft loss reads the LM-head weight inside `model.lm_loss` (fused linear CE), outside
-    # the head module's own forward: ZeRO-3 must gather it around that module too.
-    deepspeed.zero.register_external_parameter(model.lm_loss, model.lm_head.weight)
+    for module, params in model.zero3_gathered_parameters().items():
+        for param in params:
+            deepspeed.zero.register_external_parameter(module, param)
     set_leaf_modules(model)
     vocab = model.backbone.config.vocab_size
     if len(tokenizer) > vocab:
@@ -162,9 +162,10 @@ def set_leaf_modules(model: HybridModel) -> list[torch.nn.Module]:
     ZeRO-3 leaf module: one parameter fetch / release per layer instead of one per Linear and norm.
     A layer's parameters are gathered together anyway (the prefetcher fetches them in sequence); the
     per-submodule hooks are Python overhead that dominates a small model's step (the tiny default
-    job: 0.25 -> 0.21 s per step of 32 rows on 2 cores). Not the refinement head's core block: it
-    runs several times per forward, and a leaf's gradients would then reach ZeRO-3's reduce bucket
-    once per call (DeepSpeed 0.19 asserts on the duplicate)."""
+    job: 0.25 -> 0.21 s per step of 32 rows on 2 cores). Not the refinement head: ZeRO-3 reduces a
+    leaf's gradients in the leaf's backward hook, once per call (the head runs several calls per
+    forward in generation, and none in step-by-step deep supervision); the head gathers its
+    parameters in one fetch through `zero3_gathered_parameters` instead."""
     names = set(getattr(model.backbone, "_no_split_modules", None) or ())
     classes = sorted({type(m) for m in model.backbone.modules() if type(m).__name__ in names},
                      key=lambda cls: cls.__name__)
