@@ -408,10 +408,10 @@ def trainer_entry(argv: list[str]) -> int:
     """Run the real trainer with `compact_noisy_stream` forced (the train config does not expose it)."""
     compact = argv[argv.index("--compact") + 1] == "1"
     rest = argv[argv.index("--") + 1:]
-    import chunksft.train.engine as engine
+    from chunksft.train.config import TrainConfig
 
-    original = engine.hybrid_kwargs
-    engine.hybrid_kwargs = lambda cfg, tok: dict(original(cfg, tok), compact_noisy_stream=compact)
+    original = TrainConfig.hybrid_kwargs
+    TrainConfig.hybrid_kwargs = lambda cfg: original(cfg) | {"compact_noisy_stream": compact}
     from chunksft.train.__main__ import main as train_main
 
     return train_main(rest)

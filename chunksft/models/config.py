@@ -3,9 +3,7 @@ from __future__ import annotations
 
 from transformers import AutoConfig, PreTrainedConfig
 
-from chunksft.models.head import GRADIENTS
-from chunksft.ops._backend import BACKENDS
-from chunksft.ops.masks import check_chunk_size
+from chunksft.hyperparameters import DEFAULTS, check
 
 # The tiny CPU default: a random Qwen3-style backbone (4 layers, d=256, GQA 4:2) sized for the
 # bundled tokenizer (vocab 512; pad 0, eos 1, mask 2, <answer> 3, </answer> 4).
@@ -75,38 +73,23 @@ class HybridConfig(PreTrainedConfig):
 
     model_type = "chunksft_hybrid"
 
-    def __init__(self, backbone=None, chunk_size: int = 16, mask_token_id: int = 2,
-                 answer_end_token_id: int | None = 4, mask_probability: float = 0.3, diffusion_eps: float = 1e-3,
-                 bd3_t_min: float = 1e-3, bd3_t_max: float = 1.0, steps_per_chunk: int = 4,
-                 max_recursive_steps: int = 8, latent_steps: int = 2, deep_supervision_weight: float = 0.3,
-                 enable_deep_supervision: bool = True, freeze_backbone: bool = True,
-                 train_mask_embedding: bool = False, head_hidden_size: int | None = None, head_num_heads: int = 4,
-                 confidence_threshold: float = 0.9, backend: str = "auto", compact_noisy_stream: bool = True,
-                 head_gradient: str = "last", deep_supervision_interval: int = 1, **kwargs):
+    def __init__(self, backbone=None, chunk_size: int = DEFAULTS["chunk_size"], mask_token_id: int = 2,
+                 answer_end_token_id: int | None = 4, mask_probability: float = DEFAULTS["mask_probability"],
+                 diffusion_eps: float = 1e-3, bd3_t_min: float = DEFAULTS["bd3_t_min"],
+                 bd3_t_max: float = DEFAULTS["bd3_t_max"], steps_per_chunk: int = DEFAULTS["steps_per_chunk"],
+                 max_recursive_steps: int = DEFAULTS["max_recursive_steps"], latent_steps: int = 2,
+                 deep_supervision_weight: float = DEFAULTS["deep_supervision_weight"],
+                 enable_deep_supervision: bool = DEFAULTS["enable_deep_supervision"], freeze_backbone: bool = True,
+                 train_mask_embedding: bool = False, head_hidden_size: int | None = DEFAULTS["head_hidden_size"],
+                 head_num_heads: int = 4, confidence_threshold: float = 0.9, backend: str = DEFAULTS["backend"],
+                 compact_noisy_stream: bool = True, head_gradient: str = DEFAULTS["head_gradient"],
+                 deep_supervision_interval: int = DEFAULTS["deep_supervision_interval"], **kwargs):
         if backbone is None:
             backbone = dict(TINY_BACKBONE)
         if isinstance(backbone, PreTrainedConfig):
             backbone = backbone.to_dict()
         self.backbone = dict(backbone)
-        check_chunk_size(chunk_size)
-        for name, value in (("mask_probability", mask_probability), ("confidence_threshold", confidence_threshold)):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must lie in [0, 1], got {value}")
-        if deep_supervision_interval < 1:
-            raise ValueError(f"deep_supervision_interval must be >= 1, got {deep_supervision_interval}")
-        if deep_supervision_weight < 0.0:
-            raise ValueError(f"deep_supervision_weight must be >= 0, got {deep_supervision_weight}")
-        if not 1e-6 <= bd3_t_min <= bd3_t_max <= 1.0:
-            raise ValueError(f"bd3_t_min / bd3_t_max must satisfy 1e-6 <= t_min <= t_max <= 1, got {bd3_t_min}, "
-                             f"{bd3_t_max}")
-        if not 1 <= steps_per_chunk <= chunk_size:
-            raise ValueError(f"steps_per_chunk must lie in [1, chunk_size={chunk_size}], got {steps_per_chunk}")
-        if max_recursive_steps < 1:
-            raise ValueError(f"max_recursive_steps must be >= 1, got {max_recursive_steps}")
-        if head_gradient not in GRADIENTS:
-            raise ValueError(f"head_gradient must be one of {', '.join(GRADIENTS)}, got {head_gradient!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        check(locals())  # the hyperparameter arguments, by name (chunksft.hyperparameters)
         self.chunk_size = chunk_size
         self.mask_token_id = mask_token_id
         self.answer_end_token_id = answer_end_token_id

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from chunksft.hyperparameters import GRADIENTS
+
 
 def _linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, layer.weight, layer.bias)
@@ -69,9 +71,6 @@ class RefinementTrace(NamedTuple):
     states: list[torch.Tensor]       # per step y_k: [M, C, H] (backbone width, pre-norm)
     confidence: list[torch.Tensor]   # per step halting logit: [M] float32
     steps: torch.Tensor              # int64 [M]: steps applied to each chunk
-
-
-GRADIENTS = ("full", "last")
 
 
 class RefinementHead(nn.Module):

@@ -26,6 +26,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from chunksft.hyperparameters import DEFAULTS, GRADIENTS, HyperparameterError, check
 from chunksft.ops._backend import BACKENDS
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -48,7 +49,7 @@ class ModelConfig:
     name_or_path: Optional[str] = None
     # None = True in chunk_sft (the head trains on a frozen backbone), False otherwise.
     freeze_backbone: Optional[bool] = None
-    max_recursive_steps: int = 8
+    max_recursive_steps: int = DEFAULTS["max_recursive_steps"]
     # Size of the tiny random backbone (name_or_path: null); null keeps HybridConfig()'s default
     # (d=256, 4 layers, 4 heads). Heads are GQA 2:1, intermediate size 2.75 x hidden by default.
     hidden_size: Optional[int] = None
@@ -57,11 +58,11 @@ class ModelConfig:
     intermediate_size: Optional[int] = None
     # Width of the refinement head's core block (null: HybridConfig's default, half the backbone
     # width, at most 256).
-    head_hidden_size: Optional[int] = None
+    head_hidden_size: Optional[int] = DEFAULTS["head_hidden_size"]
     # "last": TRM's gradient (each refinement step backpropagates through its last recursion only);
     # "full": through every update of every step (backward cost grows with the steps).
-    head_gradient: Literal["full", "last"] = "last"
-    backend: Literal[BACKENDS] = "auto"
+    head_gradient: Literal[GRADIENTS] = DEFAULTS["head_gradient"]
+    backend: Literal[BACKENDS] = DEFAULTS["backend"]
     # Compute/storage dtype of the DeepSpeed engine (bf16/fp16 enable DeepSpeed's mixed precision).
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     # "auto": the attention dispatch picks flash-attn on CUDA when installed, else SDPA / cpp / triton.
@@ -94,21 +95,21 @@ class DataConfig:
     max_new_tokens: int = field(default=128, metadata=_RUN_ONLY)
     # Denoising forwards per generated chunk, at most chunk_size (one token per forward); stored in
     # the model config as its decoding default.
-    steps_per_chunk: int = field(default=4, metadata=_RUN_ONLY)
+    steps_per_chunk: int = field(default=DEFAULTS["steps_per_chunk"], metadata=_RUN_ONLY)
 
 
 @dataclass
 class ObjectiveConfig:
     training_mode: Literal["pretrain", "sft", "bd3", "chunk_sft"] = "chunk_sft"
-    chunk_size: int = 16
-    mask_probability: float = 0.3
+    chunk_size: int = DEFAULTS["chunk_size"]
+    mask_probability: float = DEFAULTS["mask_probability"]
     # bd3: per-chunk masking rate t ~ U(bd3_t_min, bd3_t_max).
-    bd3_t_min: float = 1e-3
-    bd3_t_max: float = 1.0
-    deep_supervision_weight: float = 0.3
-    enable_deep_supervision: bool = True
+    bd3_t_min: float = DEFAULTS["bd3_t_min"]
+    bd3_t_max: float = DEFAULTS["bd3_t_max"]
+    deep_supervision_weight: float = DEFAULTS["deep_supervision_weight"]
+    enable_deep_supervision: bool = DEFAULTS["enable_deep_supervision"]
     # Decode (and supervise) only every n-th refinement step plus the last: fewer LM-head passes.
-    deep_supervision_interval: int = 1
+    deep_supervision_interval: int = DEFAULTS["deep_supervision_interval"]
 
 
 @dataclass
@@ -224,6 +225,21 @@ class TrainConfig:
         if self.model.freeze_backbone is None:
             return self.objective.training_mode == "chunk_sft"
         return self.model.freeze_backbone
+
+    def hybrid_kwargs(self) -> dict[str, Any]:
+        """The `HybridConfig` arguments this config decides: every name of `hyperparameters.DEFAULTS`,
+        read from the section that declares it, and the resolved freeze_backbone."""
+        index = _leaf_index()
+        values = {name: self._value(index[name][0]) for name in DEFAULTS}
+        # data.steps_per_chunk may exceed chunk_size: at most one token per forward is used.
+        values["steps_per_chunk"] = min(values["steps_per_chunk"], values["chunk_size"])
+        if values["head_hidden_size"] is None:  # the model's own width: a saved model's, or the default
+            del values["head_hidden_size"]
+        return values | {"freeze_backbone": self.freeze_backbone}
+
+    def _value(self, dotted: str) -> Any:
+        section, key = dotted.split(".")
+        return getattr(getattr(self, section), key)
 
 
 def _sections() -> dict[str, type]:
@@ -429,26 +445,20 @@ def validate(cfg: TrainConfig) -> None:
 
     def need(ok: bool, dotted: str, fix: str) -> None:
         if not ok:
-            section, key = dotted.split(".")
-            value = getattr(getattr(cfg, section), key)
-            raise ConfigError(f"{dotted} = {value!r}: {fix} (--{key} ...)")
+            raise ConfigError(f"{dotted} = {cfg._value(dotted)!r}: {fix} (--{dotted.split('.')[1]} ...)")
 
     o, t, d, c, m = cfg.objective, cfg.training, cfg.data, cfg.checkpoint, cfg.model
-    need(o.chunk_size > 0, "objective.chunk_size", "must be a positive number of tokens, e.g. 16")
-    need(0.0 <= o.mask_probability <= 1.0, "objective.mask_probability", "must be a probability in [0, 1], e.g. 0.3")
-    need(1e-6 <= o.bd3_t_min <= 1.0, "objective.bd3_t_min", "must lie in [1e-6, 1], e.g. 0.001")
-    need(o.bd3_t_min <= o.bd3_t_max <= 1.0, "objective.bd3_t_max", "must lie in [bd3_t_min, 1], e.g. 1.0")
-    need(o.deep_supervision_weight >= 0.0, "objective.deep_supervision_weight", "must be >= 0, e.g. 0.3")
-    need(o.deep_supervision_interval >= 1, "objective.deep_supervision_interval", "must be >= 1 (1 = every step)")
-    need(m.max_recursive_steps >= 1, "model.max_recursive_steps", "must be >= 1, e.g. 8")
-    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "head_hidden_size"):
+    try:  # the model hyperparameters: HybridConfig's own checks, reported under this config's key
+        check(cfg.hybrid_kwargs())
+    except HyperparameterError as err:
+        need(False, _leaf_index()[err.name][0], err.fix)
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
         need(getattr(m, key) is None or getattr(m, key) > 0, f"model.{key}", "must be a positive integer or null")
     need(m.hidden_size is None or m.hidden_size % (m.num_attention_heads or 4) == 0, "model.hidden_size",
          "must be divisible by model.num_attention_heads (default 4)")
     need(d.max_length >= 2 * o.chunk_size, "data.max_length", f"must hold a prompt and a chunk: >= {2 * o.chunk_size}")
     need(d.eval_loss_rows >= 0, "data.eval_loss_rows", "must be >= 0 (0 disables the eval loss)")
     need(d.eval_generate_rows >= 0, "data.eval_generate_rows", "must be >= 0 (0 disables the accuracy eval)")
-    need(d.steps_per_chunk >= 1, "data.steps_per_chunk", "must be >= 1 (at most chunk_size are used), e.g. 16")
     need(d.max_new_tokens > 0, "data.max_new_tokens", "must be positive, e.g. 128")
     need(d.generate_batch_size > 0, "data.generate_batch_size", "must be positive, e.g. 64")
     need(t.batch_size > 0, "training.batch_size", "must be a positive micro batch per rank, e.g. 8")

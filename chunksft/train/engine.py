@@ -97,20 +97,6 @@ def check_attention(cfg: TrainConfig) -> None:
                           "pip install flash-attn, or use --attn_implementation auto")
 
 
-def hybrid_kwargs(cfg: TrainConfig, tokenizer) -> dict[str, Any]:
-    """HybridConfig fields that the train config decides (chunking, objective, head, backend)."""
-    head = {} if cfg.model.head_hidden_size is None else {"head_hidden_size": cfg.model.head_hidden_size}
-    return dict(**head, chunk_size=cfg.objective.chunk_size, mask_probability=cfg.objective.mask_probability,
-                bd3_t_min=cfg.objective.bd3_t_min, bd3_t_max=cfg.objective.bd3_t_max,
-                steps_per_chunk=min(cfg.data.steps_per_chunk, cfg.objective.chunk_size),
-                deep_supervision_weight=cfg.objective.deep_supervision_weight,
-                enable_deep_supervision=cfg.objective.enable_deep_supervision,
-                deep_supervision_interval=cfg.objective.deep_supervision_interval,
-                max_recursive_steps=cfg.model.max_recursive_steps, head_gradient=cfg.model.head_gradient,
-                freeze_backbone=cfg.freeze_backbone,
-                backend=cfg.model.backend, mask_token_id=tokenizer.mask_token_id)
-
-
 def _is_hybrid_folder(path: str) -> bool:
     config_file = os.path.join(path, "config.json")
     if not os.path.isfile(config_file):
@@ -127,7 +113,7 @@ def build_model(cfg: TrainConfig, ds_config: dict[str, Any], tokenizer) -> tuple
     weight init).
     """
     hf_ds = HfDeepSpeedConfig(ds_config)
-    kwargs = hybrid_kwargs(cfg, tokenizer)
+    kwargs = cfg.hybrid_kwargs() | {"mask_token_id": tokenizer.mask_token_id}
     dtype = getattr(torch, cfg.model.dtype)
     source = cfg.model.name_or_path
     # With the HfDeepSpeedConfig alive, transformers opens zero.Init itself in `_from_config` /

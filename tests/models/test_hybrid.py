@@ -144,7 +144,9 @@ def test_head_initialises_through_init_weights_alone():
 
 
 @pytest.mark.parametrize("field, value", [("deep_supervision_weight", -0.1), ("mask_probability", 1.5),
-                                          ("confidence_threshold", -0.5), ("head_gradient", "some")])
+                                          ("confidence_threshold", -0.5), ("head_gradient", "some"),
+                                          ("chunk_size", 0), ("steps_per_chunk", 17), ("backend", "gpu"),
+                                          ("head_hidden_size", 0)])
 def test_config_rejects_out_of_range_values(field, value):
     with pytest.raises(ValueError, match=field):
         HybridConfig(**{field: value})

@@ -73,6 +73,27 @@ def test_bad_flags_one_line(flags, expected):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("flag, value, dotted", [
+    ("chunk_size", 0, "objective.chunk_size"), ("mask_probability", 1.5, "objective.mask_probability"),
+    ("bd3_t_min", 0.0, "objective.bd3_t_min"), ("bd3_t_max", 2.0, "objective.bd3_t_max"),
+    ("deep_supervision_weight", -0.1, "objective.deep_supervision_weight"),
+    ("deep_supervision_interval", 0, "objective.deep_supervision_interval"),
+    ("max_recursive_steps", 0, "model.max_recursive_steps"), ("head_hidden_size", -4, "model.head_hidden_size"),
+    ("steps_per_chunk", 0, "data.steps_per_chunk"),
+])
+def test_model_hyperparameters_are_checked_by_the_model_config_rules(flag, value, dotted):
+    """One rule per hyperparameter (chunksft.hyperparameters): the train config reports HybridConfig's
+    own check under its YAML key and flag, with the same fix."""
+    from chunksft.models import HybridConfig
+
+    with pytest.raises(ConfigError) as train_error:
+        load_config([f"--{flag}", str(value)])
+    with pytest.raises(ValueError) as model_error:
+        HybridConfig(**{flag: value})
+    fix = str(model_error.value).split(": ", 1)[1]
+    assert str(train_error.value) == f"{dotted} = {value!r}: {fix} (--{flag} ...)"
+
+
 @pytest.mark.parametrize("body, expected", [
     ("objective:\n  chunk_sise: 8\n", "unknown key 'objective.chunk_sise'; did you mean 'chunk_size'?"),
     ("objectives:\n  chunk_size: 8\n", "unknown section 'objectives'; did you mean 'objective'?"),
