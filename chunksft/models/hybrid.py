@@ -282,8 +282,8 @@ class HybridModel(PreTrainedModel):
         cfg = self.config
         batch, seq_len = input_ids.shape
         index = drawn.chunk_masked.nonzero()  # [M, 2] (row, chunk), row-major
-        real = compact.chunk_index >= 0        # [B, NM]: the same chunks in the same order
-        token_pos = compact.positions.unflatten(1, (-1, cfg.chunk_size))[real]  # [M, C]
+        # compact.real [B, NM] selects the same chunks in the same order
+        token_pos = compact.positions.unflatten(1, (-1, cfg.chunk_size))[compact.real]  # [M, C]
         rows = index[:, :1].expand_as(token_pos)
         if cfg.compact_noisy_stream:
             noisy_states, chunk_states = self._compact_pass(input_ids, drawn, compact, attention_mask, prompt_lens,
@@ -382,16 +382,17 @@ class HybridModel(PreTrainedModel):
         Returns (x_t-stream states [B, L, H], selected-chunk states [M, C, H] in `chunk_masked.nonzero()` order).
         """
         cfg = self.config
-        real = (compact.chunk_index >= 0)[:, :, None].expand(-1, -1, cfg.chunk_size).flatten(1)  # [B, NM*C]
+        real = compact.real  # [B, NM]
+        real_slots = real[:, :, None].expand(-1, -1, cfg.chunk_size).flatten(1)  # [B, NM*C]
         pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else cfg.mask_token_id
-        slot_ids = torch.where(real, torch.gather(drawn.input_ids, 1, compact.positions), pad_id)
+        slot_ids = torch.where(real_slots, torch.gather(drawn.input_ids, 1, compact.positions), pad_id)
         positions = torch.cat([compact.positions,
                                torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)], dim=1)
         layout = self._layout("compact", attention_mask, prompt_lens)
         layout.chunk_index = compact.chunk_index
         states = self.backbone_states(torch.cat([slot_ids, input_ids], dim=1), layout, position_ids=positions)
         n_slots = slot_ids.shape[1]
-        chunk_states = states[:, :n_slots].unflatten(1, (-1, cfg.chunk_size))[compact.chunk_index >= 0]  # [M, C, H]
+        chunk_states = states[:, :n_slots].unflatten(1, (-1, cfg.chunk_size))[real]  # [M, C, H]
         return states[:, n_slots:].index_put((rows, token_pos), chunk_states), chunk_states
 
     # ------------------------------------------------------------------ inference

@@ -99,6 +99,11 @@ class CompactLayout(NamedTuple):
     chunk_index: torch.Tensor  # int64 [B, NM]: masked chunk ids per row, increasing, -1 padded (NM = max count)
     positions: torch.Tensor    # int64 [B, NM*C]: token position of each compact x_t slot (0 on padding slots)
 
+    @property
+    def real(self) -> torch.Tensor:
+        """bool [B, NM]: the slots that hold a chunk (the others pad the row to NM)."""
+        return self.chunk_index >= 0
+
 
 def compact_layout(chunk_masked: torch.Tensor, prompt_lens: torch.Tensor, chunk_size: int) -> CompactLayout:
     """The compacted x_t layout of `chunk_attention(layout="compact")` for a chunk draw [B, N]."""
