@@ -8,23 +8,14 @@ import torch
 from chunksft.models import HybridConfig, HybridModel
 from chunksft.objectives.block_diffusion import block_diffusion_loss
 from chunksft.models.per_chunk_loop import per_chunk_loop
+from tests.models.inputs import C, batch
 from tests.tolerance import assert_close_to_reference
-
-C = 16
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["compact", "full_bd3"])
 def model(request):
     torch.manual_seed(0)
     return HybridModel(HybridConfig(freeze_backbone=False, compact_noisy_stream=request.param)).eval()
-
-
-def batch(prompt_lens, n_chunks, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    lens = [p + n * C for p, n in zip(prompt_lens, n_chunks)]
-    ids = torch.randint(5, 512, (len(lens), max(lens)), generator=g)
-    mask = (torch.arange(max(lens))[None] < torch.tensor(lens)[:, None]).long()
-    return ids * mask, mask, torch.tensor(prompt_lens)
 
 
 def bd3(model, ids, mask, prompts, seed=3):

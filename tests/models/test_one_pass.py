@@ -8,9 +8,8 @@ import torch.nn.functional as F
 from chunksft.models import HybridConfig, HybridModel
 from chunksft.models.per_chunk_loop import loop_loss, per_chunk_loop
 from chunksft.objectives.chunk_sft import chunk_sft_loss
+from tests.models.inputs import C, batch
 from tests.tolerance import assert_close_to_reference
-
-C = 16
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["compact", "full_bd3"])
@@ -20,15 +19,6 @@ def model(request):
     # A non-zero delta so the refinement actually changes y (the fresh head starts as identity).
     torch.nn.init.normal_(m.head.delta.weight, std=0.02)
     return m.eval()
-
-
-def batch(prompt_lens, n_chunks, pad_to=None, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    lens = [p + n * C for p, n in zip(prompt_lens, n_chunks)]
-    width = pad_to or max(lens)
-    ids = torch.randint(5, 512, (len(lens), width), generator=g)
-    mask = (torch.arange(width)[None] < torch.tensor(lens)[:, None]).long()
-    return ids * mask, mask, torch.tensor(prompt_lens)
 
 
 def test_one_pass_equals_per_chunk_loop(model):
