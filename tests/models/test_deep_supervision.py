@@ -1,8 +1,9 @@
 """Step-by-step deep supervision (models/deep_supervision.py) against one graph through the head.
 
-The training forward of chunk_sft under head_gradient "last" differentiates each refinement step as it
-is computed; its loss, metrics and every parameter's gradient must be those of the per-chunk loop,
-which runs the head as one graph (`RefinementHead.forward`) and the objective's formula.
+Training under head_gradient "last" differentiates each refinement step as it is computed
+(`HybridModel.supervise` -> `StepwiseChunkSFT`). On the same chunk states its loss, metrics and
+every gradient must be those of one graph through `RefinementHead.forward` + the objective's
+formula on full logits; through the whole model, its gradients must be those of the per-chunk loop.
 """
 import copy
 
@@ -14,15 +15,14 @@ from benchmarks.bench_head_memory import saved_tensor_mb
 from chunksft.models import HybridConfig, HybridModel
 from chunksft.models.per_chunk_loop import per_chunk_loop
 from chunksft.objectives.chunk_sft import chunk_sft_loss, supervised_steps
+from tests.models.inputs import C, batch
 from tests.tolerance import assert_close_to_reference
 
-C = 16
 CASES = {  # HybridConfig overrides: what reaches the step-by-step gradient differs per case
-    "trained_backbone": dict(freeze_backbone=False),
-    "trained_backbone_full_bd3": dict(freeze_backbone=False, compact_noisy_stream=False),
-    "every_other_step": dict(freeze_backbone=False, max_recursive_steps=4, deep_supervision_interval=2),
+    "defaults": {},
+    "every_other_step": dict(max_recursive_steps=4, deep_supervision_interval=2),
     "no_deep_supervision": dict(enable_deep_supervision=False),
-    "mask_embedding_only": dict(train_mask_embedding=True, latent_steps=1),
+    "one_latent_step": dict(latent_steps=1),  # z_0 then feeds an update with gradient
 }
 
 
@@ -32,67 +32,91 @@ def make_model(**overrides) -> HybridModel:
     with torch.no_grad():  # a head that changes y and halts unevenly (the fresh head is the identity)
         model.head.delta.weight.normal_(std=0.02)
         model.head.halt.weight.normal_(std=0.2)
-        if overrides.get("train_mask_embedding"):
-            model.mask_embedding_delta.normal_(std=0.02)
     return model.train()
 
 
-def batch():
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(5, 512, (2, 21 + 3 * C), generator=g)
-    prompts = torch.tensor([7, 21])  # not chunk-aligned; row 0 has three chunks, row 1 two + padding
-    mask = torch.ones_like(ids)
-    mask[1, 21 + 2 * C:] = 0
-    chunk_masked = torch.tensor([[1, 0, 1], [1, 1, 0]], dtype=torch.bool)
-    return ids * mask, mask, prompts, chunk_masked
-
-
-def gradients(model: HybridModel) -> dict[str, torch.Tensor]:
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad(set_to_none=True)
-    return grads
-
-
-def loop_objective(model: HybridModel, ids, prompts, chunk_masked):
-    """The objective on the per-chunk loop's logits, in the model's dtype (fp64 for the reference)."""
+def one_graph_objective(model: HybridModel, states: torch.Tensor, targets: torch.Tensor):
+    """The head as one graph and the objective on full logits, in the model's dtype (fp64: the reference)."""
     cfg = model.config
-    steps, halts, targets = per_chunk_loop(model, ids, prompts, chunk_masked)
-    keep = supervised_steps(len(steps), cfg.deep_supervision_interval)
-    dtype = steps[0].dtype
-    return chunk_sft_loss([F.cross_entropy(steps[k].flatten(0, -2), targets.flatten()) for k in keep],
-                          [steps[k].argmax(dim=-1) for k in keep], [halts[k].to(dtype) for k in keep], targets,
-                          deep_supervision_weight=cfg.deep_supervision_weight,
+    trace = model.refine(states)
+    keep = supervised_steps(len(trace.states), cfg.deep_supervision_interval)
+    logits = [model.decode(trace.states[k]) for k in keep]
+    return chunk_sft_loss([F.cross_entropy(x.flatten(0, -2), targets.flatten()) for x in logits],
+                          [x.argmax(dim=-1) for x in logits], [trace.confidence[k].to(states.dtype) for k in keep],
+                          targets, deep_supervision_weight=cfg.deep_supervision_weight,
                           enable_deep_supervision=cfg.enable_deep_supervision)
 
 
+def gradients(model: HybridModel, states: torch.Tensor) -> dict[str, torch.Tensor]:
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    grads["chunk states"] = states.grad.clone()
+    model.zero_grad(set_to_none=True)
+    states.grad = None
+    return grads
+
+
 @pytest.mark.parametrize("case", CASES)
-def test_stepwise_gradient_equals_the_loop_through_one_graph(case):
+def test_stepwise_equals_one_graph_on_the_same_chunk_states(case):
     model = make_model(**CASES[case])
-    ids, mask, prompts, chunk_masked = batch()
-    out = model(ids, attention_mask=mask, prompt_lens=prompts, training_mode="chunk_sft", chunk_masked=chunk_masked)
+    g = torch.Generator().manual_seed(2)
+    hidden = model.config.backbone["hidden_size"]
+    states = torch.randn(5, C, hidden, generator=g, requires_grad=True)  # M = 5 chunks (a trained backbone's)
+    targets = torch.randint(5, 512, (5, C), generator=g)
+    with torch.no_grad():  # chunks 1 and 2 right at the last step, the rest wrong: mixed halting targets
+        targets[:3] = model.decode(model.refine(states).states[-1]).argmax(dim=-1)[:3]
+        targets[0, 4] = (targets[0, 4] + 1) % 512
+
+    out = model.supervise(states, targets)
     out.loss.backward()
-    got = gradients(model)
-    loss, metrics = loop_objective(model, ids, prompts, chunk_masked)
+    got = gradients(model, states)
+    loss, metrics = one_graph_objective(model, states, targets)
     loss.backward()
-    baseline = gradients(model)
-    model64 = copy.deepcopy(model).double()
-    model64.config.backend = model64.lm_loss.backend = "eager"
-    loss64, metrics64 = loop_objective(model64, ids, prompts, chunk_masked)
+    baseline = gradients(model, states)
+    model64, states64 = copy.deepcopy(model).double(), states.detach().double().requires_grad_()
+    loss64, metrics64 = one_graph_objective(model64, states64, targets)
     loss64.backward()
-    reference = gradients(model64)
+    reference = gradients(model64, states64)
 
     assert got.keys() == baseline.keys() == reference.keys()
-    assert any(name.startswith("head.") for name in got)
-    if CASES[case].get("freeze_backbone") is False:
-        assert any(name.startswith("backbone.") for name in got)
-    if CASES[case].get("train_mask_embedding"):
-        assert "mask_embedding_delta" in got and not any(name.startswith("backbone.") for name in got)
+    assert ("head.z_init" in got) == (case == "one_latent_step")  # z_0 feeds only no-grad updates otherwise
     assert_close_to_reference("loss", out.loss, loss, loss64)
     for name in metrics:
         if name.startswith("chunk_acc"):  # fractions of chunks: exact
             assert torch.equal(out.metrics[name], metrics[name]), name
         else:
             assert_close_to_reference(name, out.metrics[name], metrics[name], metrics64[name])
+    assert 0 < metrics["chunk_acc_final"] < 1
+    for name in got:
+        assert_close_to_reference(f"grad {name}", got[name], baseline[name], reference[name])
+
+
+@pytest.mark.parametrize("compact", [True, False], ids=["compact", "full_bd3"])
+def test_model_gradient_equals_the_per_chunk_loop(compact):
+    """Through the whole model with a trained backbone: the one pass + step-by-step supervision gives
+    every parameter the gradient of the per-chunk loop, which runs the head as one graph."""
+    model = make_model(freeze_backbone=False, compact_noisy_stream=compact)
+    ids, mask, prompts = batch([7, 21], [3, 2])  # prompts not chunk-aligned, row 1 padded
+    chunk_masked = torch.tensor([[1, 0, 1], [1, 1, 0]], dtype=torch.bool)
+    model(ids, attention_mask=mask, prompt_lens=prompts, training_mode="chunk_sft",
+          chunk_masked=chunk_masked).loss.backward()
+    got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+
+    def loop_grads(m: HybridModel) -> dict[str, torch.Tensor]:
+        steps, halts, targets = per_chunk_loop(m, ids, prompts, chunk_masked)
+        keep = supervised_steps(len(steps), m.config.deep_supervision_interval)
+        loss, _ = chunk_sft_loss([F.cross_entropy(steps[k].flatten(0, -2), targets.flatten()) for k in keep],
+                                 [steps[k].argmax(dim=-1) for k in keep], [halts[k].to(steps[0].dtype) for k in keep],
+                                 targets, deep_supervision_weight=m.config.deep_supervision_weight)
+        loss.backward()
+        return {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+    baseline = loop_grads(model)
+    model64 = copy.deepcopy(model).double()
+    model64.config.backend = model64.lm_loss.backend = "eager"
+    reference = loop_grads(model64)
+    assert got.keys() == baseline.keys() == reference.keys()
+    assert any(name.startswith("backbone.") for name in got) and any(name.startswith("head.") for name in got)
     for name in got:
         assert_close_to_reference(f"grad {name}", got[name], baseline[name], reference[name])
 
@@ -100,14 +124,13 @@ def test_stepwise_gradient_equals_the_loop_through_one_graph(case):
 def test_stepwise_forward_keeps_no_step_for_the_backward():
     """What autograd holds at the end of the forward does not grow with K under "last" (one step's
     graph at a time, freed before the next) and grows under "full" (one graph over all steps)."""
-    ids, mask, prompts, chunk_masked = batch()
+    ids, mask, prompts = batch([7, 21], [3, 2])
     saved = {}
     for gradient in ("last", "full"):
         for k in (1, 4):
             model = make_model(max_recursive_steps=k, head_gradient=gradient, freeze_backbone=False)
             saved[gradient, k] = saved_tensor_mb(lambda: model(ids, attention_mask=mask, prompt_lens=prompts,
-                                                               training_mode="chunk_sft", chunk_masked=chunk_masked,
-                                                               return_logits=False).loss)
+                                                               training_mode="chunk_sft", return_logits=False).loss)
     full_growth = saved["full", 4] - saved["full", 1]
     assert full_growth > 0
     # "last" holds the trained backbone's graph, the same for any K; what else stays alive with the
