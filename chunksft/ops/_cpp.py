@@ -4,8 +4,9 @@ wiring) lives in the op's file beside its reference: `chunk_attention_cpp`, `lin
 
 Loading, first that works: the `chunksft._C` extension that setup.py builds; a JIT build of csrc/
 with `torch.utils.cpp_extension.load`, cached under $CHUNKSFT_CPP_BUILD_DIR (default build/cpp-<key>
-in the checkout, the key hashing the interpreter, torch and the flags, so that different environments
-never rebuild over each other; rebuilt only when a source changes); otherwise nothing, with
+in the checkout, the key hashing the interpreter's real path, torch and the flags, so that different
+environments never rebuild over each other while `python` and `python3` of one environment share a
+build; rebuilt only when a source changes); otherwise nothing, with
 ONE warning, and every "cpp" call runs the op's eager reference. `CHUNKSFT_NO_JIT=1` disables the JIT
 step (then only a prebuilt extension is used).
 
@@ -13,6 +14,7 @@ The extension is loaded by the first `load()`, never at import.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib
 import importlib.util
@@ -49,7 +51,8 @@ def sources() -> list[Path]:
 def build_dir() -> Path:
     if "CHUNKSFT_CPP_BUILD_DIR" in os.environ:
         return Path(os.environ["CHUNKSFT_CPP_BUILD_DIR"])
-    key = "|".join([sys.executable, torch.__file__, torch.__version__, os.environ.get("CXX", ""), *CXX_FLAGS])
+    interpreter = os.path.realpath(sys.executable)  # DeepSpeed's launcher starts ranks as `python3`
+    key = "|".join([interpreter, torch.__file__, torch.__version__, os.environ.get("CXX", ""), *CXX_FLAGS])
     return CSRC.parent / "build" / f"cpp-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
@@ -61,18 +64,27 @@ def _jit_build() -> ModuleType:
         raise RuntimeError(f"no C++ sources in {CSRC} (an installed wheel does not ship csrc/)")
     path = build_dir()
     path.mkdir(parents=True, exist_ok=True)
-    # Reuse a finished build that is newer than the sources without asking ninja: processes whose
-    # environments make torch emit a different compile command would otherwise rebuild over each other.
-    # A `lock` file means a build is in progress: then `load` waits for it.
-    library = path / f"{JIT_NAME}.so"
-    if library.exists() and not (path / "lock").exists() and not _stale(library):
-        spec = importlib.util.spec_from_file_location(JIT_NAME, library)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    return load(name=JIT_NAME, sources=[str(s) for s in srcs], extra_cflags=CXX_FLAGS,
-                extra_ldflags=LD_FLAGS, build_directory=str(path),
-                verbose=os.environ.get("CHUNKSFT_CPP_VERBOSE", "0") == "1")
+    # One builder at a time, under an OS lock that dies with its process. torch's own `lock` file
+    # (its FileBaton) outlives a build that was killed, and `load` would then wait for it forever;
+    # holding ours, any `lock` file left is such a leftover.
+    with open(path / "build.flock", "w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        leftover = path / "lock"
+        if leftover.exists():
+            warnings.warn(f"chunksft: removing {leftover}, left by a C++ build that did not finish", RuntimeWarning,
+                          stacklevel=2)
+            leftover.unlink()
+        # Reuse a finished build newer than the sources without asking ninja: processes whose
+        # environments make torch emit another compile command would otherwise rebuild over each other.
+        library = path / f"{JIT_NAME}.so"
+        if library.exists() and not _stale(library):
+            spec = importlib.util.spec_from_file_location(JIT_NAME, library)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module
+        return load(name=JIT_NAME, sources=[str(s) for s in srcs], extra_cflags=CXX_FLAGS,
+                    extra_ldflags=LD_FLAGS, build_directory=str(path),
+                    verbose=os.environ.get("CHUNKSFT_CPP_VERBOSE", "0") == "1")
 
 
 def _stale(library: Path) -> bool:
