@@ -42,7 +42,7 @@ def _positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-# (name, test on all the values, fix). A rule runs when every name it reads is given.
+# (name reported, names read, test on the values read, fix). A rule runs when every name it reads is given.
 _RULES: list[tuple[str, tuple[str, ...], Callable[..., bool], str]] = [
     ("chunk_size", ("chunk_size",), _positive_int, "must be a positive number of tokens, e.g. 16"),
     ("mask_probability", ("mask_probability",), lambda p: 0.0 <= p <= 1.0,
