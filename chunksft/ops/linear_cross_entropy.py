@@ -296,6 +296,13 @@ def linear_cross_entropy_fused(hidden: torch.Tensor, weight: torch.Tensor, targe
                           block or rows_per_block(weight.shape[0]), return_stats)
 
 
+# The C++ row pass works in place, so its peak is the logits block itself (the PyTorch row kernel
+# also allocates temporaries of the block's size): it takes blocks twice as large, which halves the
+# passes over the [V, H] weight gradient (622 MB at V = 151936, H = 1024). With 128 MB blocks those
+# passes made it 0.92x eager's speed at N = 2048; benchmarks/README.md, linear_cross_entropy_cpu.
+CPP_BLOCK_ELEMENTS = 1 << 26
+
+
 def linear_cross_entropy_cpp(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
                              token_weights: torch.Tensor | None = None, ignore_index: int = -100,
                              reduction: str = "mean", return_stats: bool = False):
@@ -308,7 +315,8 @@ def linear_cross_entropy_cpp(hidden: torch.Tensor, weight: torch.Tensor, targets
         return linear_cross_entropy_eager(hidden, weight, targets, token_weights=token_weights,
                                           ignore_index=ignore_index, reduction=reduction, return_stats=return_stats)
     return _apply_blocked(hidden, weight, targets, token_weights, ignore_index, reduction,
-                          ext.linear_cross_entropy_blocked, rows_per_block(weight.shape[0]), return_stats)
+                          ext.linear_cross_entropy_blocked,
+                          rows_per_block(weight.shape[0], budget_elements=CPP_BLOCK_ELEMENTS), return_stats)
 
 
 register_cpp("linear_cross_entropy")

@@ -34,7 +34,7 @@ def test_matches_eager_fp32(reduction, weighted, block, return_stats, monkeypatc
     token_weights = token_weights if weighted else None
     if block is not None:
         # 8 rows per block: three blocks over the 17 (18) rows that carry a loss, the last one partial.
-        monkeypatch.setattr(lce, "rows_per_block", lambda vocab: block)
+        monkeypatch.setattr(lce, "rows_per_block", lambda vocab, **_: block)
     h1, w1 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
     h2, w2 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
     h3, w3 = fp64(hidden, weight, requires_grad=True)
@@ -61,7 +61,7 @@ def test_matches_eager_fp32(reduction, weighted, block, return_stats, monkeypatc
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_stats_argmax_ties_take_the_first_index(dtype, monkeypatch):
-    monkeypatch.setattr(lce, "rows_per_block", lambda vocab: 3)
+    monkeypatch.setattr(lce, "rows_per_block", lambda vocab, **_: 3)
     hidden, weight, targets, ties = tied_linear_ce_problem(dtype)
     _, eager = linear_cross_entropy_eager(hidden, weight, targets, return_stats=True)
     _, stats = linear_cross_entropy(hidden, weight, targets, backend="cpp", return_stats=True)
