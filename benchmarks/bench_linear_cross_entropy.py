@@ -12,7 +12,7 @@ import argparse
 
 import torch
 
-from benchmarks.harness import device_arg, measure, report, unavailable
+from benchmarks.harness import Row, device_arg, report, time_interleaved, unavailable
 from chunksft.ops.linear_cross_entropy import linear_cross_entropy
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -26,7 +26,7 @@ def main(argv=None):
     parser.add_argument("--vocab", type=int, default=151936)
     parser.add_argument("--dtype", default="fp32", choices=list(DTYPES))
     parser.add_argument("--ignored", type=float, default=0.0, help="fraction of rows with target -100")
-    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args(argv)
     device = device_arg(args.device)
     dtype = DTYPES[args.dtype]
@@ -47,9 +47,10 @@ def main(argv=None):
         return run
 
     backends = ["eager", "chunked"] + (["triton"] if device == "cuda" else ["cpp"])
-    rows = []
-    for backend in backends:
-        rows.append(measure(backend, "fwd+bwd", step(backend), device, reps=args.reps))
+    # Side by side, round by round: the ratio to eager is what the target reads, and a 20 s CPU call
+    # drifts by more than the margin between the paths.
+    timed = time_interleaved({backend: step(backend) for backend in backends}, device, warmup=1, reps=args.reps)
+    rows = [Row(backend, "fwd+bwd", *timed[backend]) for backend in backends]
     if device != "cuda":
         rows.append(unavailable("triton", "fwd+bwd", "needs a GPU (run with --device cuda)"))
     ref = grads["eager"]

@@ -11,6 +11,9 @@ forward + backward (gradients zeroed first; no optimizer update, like the docs/d
 All three use identical weights and the same masked chunks (exactly round(mask_probability * N) chunks
 per row, drawn with a fixed seed) and are timed interleaved, round by round, so a busy shared machine
 slows them alike; the losses are checked to agree. tokens/s counts the B*L tokens of the rows (not 2L).
+Each provider's step is also counted in FLOPs: the matmuls as dispatched (linear layers, LM-head
+decodes, the head) plus the backbone attention's useful FLOPs from its visible pairs; "FLOPs Nx"
+beside a speedup is the loop's count over the provider's, the speedup at equal FLOP rates.
 Models: "tiny" = HybridConfig() (Qwen3-style, 4 layers, d=256) and "qwen3-100m" (16 layers, d=768,
 GQA 12:4, ~101M parameters with the bundled 512-token vocabulary). Both frozen-backbone (the chunk_sft
 default: only the head trains) and full-backbone training. A log-log least-squares fit of time vs L
@@ -42,6 +45,10 @@ from pathlib import Path
 
 import torch
 
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_map
+from torch.utils.flop_counter import flop_registry
+
 from benchmarks.harness import RESULTS, Row, fit_exponent, machine, plot_scaling, report, time_interleaved
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -51,6 +58,7 @@ PROMPT, CHUNK = 64, 16
 ANCHOR_L = PROMPT + 32 * CHUNK  # docs/design.md §4: prompt 64 + 32 chunks of 16
 ANCHOR = {"loop_s": 3.66, "eager_s": 0.47, "ratio": 7.8, "fused_target": 12.0}
 PROVIDERS = ("loop", "eager", "fused", "head")  # head: the refinement head alone (same in all three)
+_MATMULS = {torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.addmm_, torch.ops.aten.bmm, torch.ops.aten.baddbmm}
 
 
 def model_configs() -> dict:
@@ -136,6 +144,58 @@ def step_fns(models, ids, prompt_lens, chunk_masked):
     return {"loop": loop, "eager": one_pass(models["eager"]), "fused": one_pass(models["fused"]), "head": head}
 
 
+class _MatmulFlops(TorchDispatchMode):
+    """Counts the FLOPs of the matmuls dispatched inside it (torch.utils.flop_counter's formulas;
+    in-place addmm_ as addmm). SDPA on CPU and the C++ attention kernel (BLAS called directly) are
+    not matmul ops here: attention is counted from its visible pairs instead (`attention_flops`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.flops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        packet = func._overloadpacket
+        formula = flop_registry.get(torch.ops.aten.addmm if packet is torch.ops.aten.addmm_ else packet)
+        if packet in _MATMULS and formula is not None:
+            shape = lambda t: t.shape if isinstance(t, torch.Tensor) else t  # noqa: E731
+            self.flops += formula(*tree_map(shape, args), **tree_map(shape, kwargs), out_val=tree_map(shape, out))
+        return out
+
+
+def matmul_flops(fn) -> int:
+    """Matmul FLOPs (2 per multiply-add) of one call of fn: linear layers, LM-head decodes, the head."""
+    with _MatmulFlops() as counter:
+        fn()
+    return counter.flops
+
+
+def attention_flops(provider: str, backbone: dict, prompt_lens: torch.Tensor, chunk_masked: torch.Tensor,
+                    trained: bool) -> float:
+    """Useful FLOPs of the backbone's attention in one step (docs/design.md §4: 4 * D * H per visible
+    (q, k) pair per layer; x3.5 with the backward when the backbone trains). Visible pairs of a row
+    with prompt P and n chunks of C in the block-causal layout: A(n) = P^2 + nCP + C^2 n(n+1)/2.
+      loop:  one block-causal pass per masked chunk i over P + (i+1)C tokens: A(i+1);
+      eager: full bd3 [x_t; x_0]: 2 A(N) (docs: the noisy stream sees as many pairs as the clean one);
+      fused: compact: A(N) + C (P + (i+1)C) per masked chunk i;   head: 0 (attention within chunks only)."""
+    def pairs_block_causal(p: int, n: int) -> int:
+        return p * p + n * CHUNK * p + CHUNK * CHUNK * n * (n + 1) // 2
+
+    pairs = 0
+    for p, masked in zip(prompt_lens.tolist(), chunk_masked):
+        n = masked.numel()
+        chunks = masked.nonzero().flatten().tolist()
+        if provider == "loop":
+            pairs += sum(pairs_block_causal(p, i + 1) for i in chunks)
+        elif provider == "eager":
+            pairs += 2 * pairs_block_causal(p, n)
+        elif provider == "fused":
+            pairs += pairs_block_causal(p, n) + sum(CHUNK * (p + (i + 1) * CHUNK) for i in chunks)
+    per_pair = 4 * backbone["head_dim"] * backbone["num_attention_heads"] * backbone["num_hidden_layers"]
+    return pairs * per_pair * (3.5 if trained else 1.0)
+
+
 def fused_backend_label() -> str:
     from chunksft.ops import _cpp
 
@@ -171,15 +231,20 @@ def run_single(args) -> list[dict]:
             if seq_len > loop_max:
                 fns.pop("loop")
             losses = {name: float(fn()) for name, fn in fns.items()}  # also a first warm-up
+            flops = {name: matmul_flops(fn) + attention_flops(name, configs[model_name], prompt_lens, chunk_masked,
+                                                              trained=freeze == "full")
+                     for name, fn in fns.items()}
             spread = max(v for k, v in losses.items() if k != "head") - min(v for k, v in losses.items() if k != "head")
             timed = time_interleaved(fns, "cpu", warmup=1, reps=reps)
             for name, (ms, p20, p80, peak) in timed.items():
                 results.append(dict(model=model_name, train=freeze, L=seq_len, provider=name, ms=ms, p20=p20, p80=p80,
                                     peak_mb=peak, tokens_per_s=args.batch * seq_len / (ms / 1e3),
                                     masked_chunks=int(chunk_masked.sum()), params=params, trainable=trainable,
-                                    loss=losses[name], loss_spread=spread, reps=reps))
+                                    loss=losses[name], loss_spread=spread, reps=reps, gflop=flops[name] / 1e9,
+                                    gflop_per_s=flops[name] / 1e9 / (ms / 1e3)))
             line = "  ".join(f"{n} {timed[n][0]:8.1f} ms" for n in timed)
-            ratios = "  ".join(f"{n}/fused {timed[n][0] / timed['fused'][0]:.2f}x" for n in timed if n not in ("fused", "head"))
+            ratios = "  ".join(f"{n}/fused {timed[n][0] / timed['fused'][0]:.2f}x (FLOPs {flops[n] / flops['fused']:.2f}x)"
+                               for n in timed if n not in ("fused", "head"))
             print(f"[{model_name} {freeze} L={seq_len} M={int(chunk_masked.sum())}] {line} | {ratios} | "
                   f"loss spread {spread:.1e}", flush=True)
         del models
@@ -212,9 +277,11 @@ def write_single(results: list[dict], meta: dict) -> None:
         ref_eager = by.get((r["model"], r["train"], r["L"], "eager"))
         extra = dict(r)
         notes = [f"M={r['masked_chunks']}"]
+        notes.append(f"{r['gflop']:.1f} GFLOP at {r['gflop_per_s']:.0f} GFLOP/s")
         if ref_loop and r["provider"] != "loop":
             extra["speedup_vs_loop"] = ref_loop["ms"] / r["ms"]
-            notes.append(f"{extra['speedup_vs_loop']:.2f}x vs loop")
+            extra["flop_ratio_vs_loop"] = ref_loop["gflop"] / r["gflop"]
+            notes.append(f"{extra['speedup_vs_loop']:.2f}x vs loop (FLOPs {extra['flop_ratio_vs_loop']:.2f}x)")
         if ref_eager and r["provider"] == "fused":
             extra["speedup_vs_eager"] = ref_eager["ms"] / r["ms"]
             notes.append(f"{extra['speedup_vs_eager']:.2f}x vs eager")
