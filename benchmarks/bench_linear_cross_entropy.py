@@ -59,10 +59,12 @@ def main(argv=None):
             errs = [((a.float() - b.float()).norm() / b.float().norm()).item() for a, b in zip(grads[row.provider], ref)]
             row.note = "rel err loss {:.1e} dh {:.1e} dW {:.1e}".format(*errs)
             row.extra["rel_err"] = errs
-    eager_peak = rows[0].peak_mb
+    eager_peak, eager_ms = rows[0].peak_mb, rows[0].ms
     for row in rows[1:]:
         if row.peak_mb is not None and eager_peak:
             row.note += f"; {100 * row.peak_mb / eager_peak:.0f}% of eager's extra memory"
+        if row.ms:
+            row.note += f"; {eager_ms / row.ms:.2f}x eager's speed"
     report(f"linear_cross_entropy_{device}", rows, rate_unit="-", baseline="eager",
            meta=dict(device=device, dtype=args.dtype, N=args.rows, H=args.hidden, V=args.vocab,
                      ignored=args.ignored, threads=torch.get_num_threads()))

@@ -171,29 +171,34 @@ def matmul_flops(fn) -> int:
     return counter.flops
 
 
-def attention_flops(provider: str, backbone: dict, prompt_lens: torch.Tensor, chunk_masked: torch.Tensor,
-                    trained: bool) -> float:
-    """Useful FLOPs of the backbone's attention in one step (docs/design.md §4: 4 * D * H per visible
-    (q, k) pair per layer; x3.5 with the backward when the backbone trains). Visible pairs of a row
-    with prompt P and n chunks of C in the block-causal layout: A(n) = P^2 + nCP + C^2 n(n+1)/2.
+def visible_pairs(provider: str, prompt_lens: torch.Tensor, chunk_masked: torch.Tensor, chunk_size: int = CHUNK) -> int:
+    """(q, k) pairs the provider's backbone attention must compute in one step, rows without padding.
+    Block-causal over a prompt of P and n chunks of C: A(n) = P^2 + nCP + C^2 n(n+1)/2.
       loop:  one block-causal pass per masked chunk i over P + (i+1)C tokens: A(i+1);
-      eager: full bd3 [x_t; x_0]: 2 A(N) (docs: the noisy stream sees as many pairs as the clean one);
-      fused: compact: A(N) + C (P + (i+1)C) per masked chunk i;   head: 0 (attention within chunks only)."""
-    def pairs_block_causal(p: int, n: int) -> int:
-        return p * p + n * CHUNK * p + CHUNK * CHUNK * n * (n + 1) // 2
+      eager: full bd3 [x_t; x_0]: 2 A(N) (the noisy stream sees as many pairs as the clean one);
+      fused: compact: A(N) + C (P + (i+1)C) per masked chunk i;  head: 0 (attention within chunks only).
+    tests/benchmarks/test_bench_train_step.py checks these against the masks of chunksft.ops.masks."""
+    def block_causal(p: int, n: int) -> int:
+        return p * p + n * chunk_size * p + chunk_size * chunk_size * n * (n + 1) // 2
 
     pairs = 0
     for p, masked in zip(prompt_lens.tolist(), chunk_masked):
-        n = masked.numel()
-        chunks = masked.nonzero().flatten().tolist()
+        n, chunks = masked.numel(), masked.nonzero().flatten().tolist()
         if provider == "loop":
-            pairs += sum(pairs_block_causal(p, i + 1) for i in chunks)
+            pairs += sum(block_causal(p, i + 1) for i in chunks)
         elif provider == "eager":
-            pairs += 2 * pairs_block_causal(p, n)
+            pairs += 2 * block_causal(p, n)
         elif provider == "fused":
-            pairs += pairs_block_causal(p, n) + sum(CHUNK * (p + (i + 1) * CHUNK) for i in chunks)
+            pairs += block_causal(p, n) + sum(chunk_size * (p + (i + 1) * chunk_size) for i in chunks)
+    return pairs
+
+
+def attention_flops(provider: str, backbone: dict, prompt_lens: torch.Tensor, chunk_masked: torch.Tensor,
+                    trained: bool) -> float:
+    """Useful FLOPs of the backbone's attention in one step (docs/design.md §4: 4 * D * H per visible
+    pair per layer; x3.5 with the backward when the backbone trains)."""
     per_pair = 4 * backbone["head_dim"] * backbone["num_attention_heads"] * backbone["num_hidden_layers"]
-    return pairs * per_pair * (3.5 if trained else 1.0)
+    return visible_pairs(provider, prompt_lens, chunk_masked) * per_pair * (3.5 if trained else 1.0)
 
 
 def fused_backend_label() -> str:
