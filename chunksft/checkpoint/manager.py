@@ -62,11 +62,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------- resume
 @dataclass(frozen=True)
 class ResumePoint:
-    """What to load: `ckpt_root`/`tag`, and whether it is the universal form of a native tag."""
+    """What to load: `ckpt_root`/`tag`, whether it is the universal form of a native tag, and why
+    newer tags were passed over (`tags.Found.skipped`)."""
     ckpt_root: str
     tag: str
     marker: dict
     universal: bool
+    skipped: tuple[str, ...] = ()
 
 
 def find_resume(resume: str, output_dir: str, world_size: int,
@@ -84,14 +86,13 @@ def find_resume(resume: str, output_dir: str, world_size: int,
     found = newest_complete(resume, output_dir)
     if found is None:
         return None
-    root, tag, marker = found
-    point = ResumePoint(root, tag, marker, universal=False)
+    point = ResumePoint(found.root, found.tag, found.marker, universal=False, skipped=found.skipped)
     if check is not None:
         check(point)
-    if marker["world_size"] == world_size:
+    if found.marker["world_size"] == world_size:
         return point
-    universal_dir = convert_to_universal(os.path.join(root, tag))
-    return ResumePoint(root, os.path.basename(universal_dir), marker, universal=True)
+    universal_dir = convert_to_universal(os.path.join(found.root, found.tag))
+    return ResumePoint(found.root, os.path.basename(universal_dir), found.marker, universal=True, skipped=found.skipped)
 
 
 def check_config_hash(point: ResumePoint, config_hash: str, config: dict, allow_mismatch: bool) -> Optional[str]:

@@ -12,7 +12,7 @@ import json
 import os
 import re
 import zlib
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from chunksft.checkpoint.pickles import pickle_problem
 
@@ -127,8 +127,17 @@ def _candidates(resume: str, output_dir: str) -> tuple[str, list[str]]:
     return root, tags
 
 
-def newest_complete(resume: str, output_dir: str) -> Optional[tuple[str, str, dict]]:
-    """(checkpoint root, native tag, marker) of the newest valid checkpoint for `resume` (auto | path).
+class Found(NamedTuple):
+    """The checkpoint `newest_complete` chose, and why each newer tag was passed over (one line each,
+    newest first): a resumed run says so instead of silently starting from an older step."""
+    root: str
+    tag: str
+    marker: dict
+    skipped: tuple[str, ...]
+
+
+def newest_complete(resume: str, output_dir: str) -> Optional[Found]:
+    """The newest valid checkpoint for `resume` (auto | path): root, native tag, marker, skipped newer tags.
 
     None when there is no checkpoint at all; CheckpointError when checkpoints exist but none is valid.
     With --resume auto, a tag without a marker file is a save that never finished, not a checkpoint:
@@ -141,7 +150,7 @@ def newest_complete(resume: str, output_dir: str) -> Optional[tuple[str, str, di
     for tag in tags:
         problem = validate_tag(os.path.join(root, tag))
         if problem is None:
-            return root, tag, read_marker(os.path.join(root, tag))
+            return Found(root, tag, read_marker(os.path.join(root, tag)), tuple(problems))
         problems.append(problem)
     if resume == "auto" and not any(os.path.exists(os.path.join(root, tag, MARKER)) for tag in tags):
         return None

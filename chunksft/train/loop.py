@@ -143,6 +143,8 @@ class Trainer:
         # Any failure (also inside the universal conversion) reaches every rank.
         point = on_main(lambda: find_resume(c.resume, self.out_dir, self.dist.world_size, check=check))
         self.data_changed = bool(point) and broadcast_from_main(self.data_changed)
+        for problem in point.skipped if point else ():
+            self.print(f"warning: passed over a newer checkpoint, resuming from {point.tag} instead: {problem}")
         return point
 
     def _load(self, point) -> None:

@@ -38,6 +38,20 @@ def test_newest_complete_tag_wins_and_incomplete_newer_is_skipped(tmp_path):
     assert list_tags(str(tmp_path / "checkpoints")) == ["global_step9", "global_step6", "global_step3"]
 
 
+def test_passed_over_newer_tags_are_named_with_their_problem(tmp_path):
+    make_tag(tmp_path, 3)
+    damaged = make_tag(tmp_path, 6)
+    (damaged / "zero_pp_rank_1_mp_rank_00_model_states.pt").unlink()
+    make_tag(tmp_path, 9, complete=False)
+    point = find_resume("auto", str(tmp_path), 2)
+    assert point.tag == "global_step3"
+    unfinished, missing = point.skipped  # newest first
+    assert "global_step9" in unfinished and "did not finish" in unfinished
+    assert "global_step6/zero_pp_rank_1_mp_rank_00_model_states.pt: missing" in missing
+    make_tag(tmp_path / "clean", 4)
+    assert find_resume("auto", str(tmp_path / "clean"), 2).skipped == ()
+
+
 def test_explicit_path_to_a_run_or_a_tag(tmp_path):
     make_tag(tmp_path, 3)
     make_tag(tmp_path, 6)

@@ -229,6 +229,12 @@ def test_damaged_newest_checkpoint_then_resume(run_a, tmp_path, train_flags, dam
     launch(train_flags, tmp_path, "resumed.log")
     start_step = json.loads((tmp_path / "run_info.json").read_text())["start_step"]
     assert start_step == (STEPS if damage == "delete-latest" else HALF)
+    passed_over = [line for line in (tmp_path / "resumed.log").read_text().splitlines()
+                   if "passed over a newer checkpoint" in line]
+    if damage == "delete-latest":
+        assert not passed_over
+    else:  # the log says which step was lost and why, once (rank 0)
+        assert len(passed_over) == 1 and f"global_step{STEPS}" in passed_over[0], passed_over
     assert_same_weights(tmp_path, run_a)
     assert_untouched(tmp_path, before, (HALF, STEPS) if damage == "delete-latest" else (HALF,))
 
