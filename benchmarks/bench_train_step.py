@@ -44,7 +44,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import flop_registry
