@@ -1,11 +1,12 @@
 """Linear cross-entropy: `cross_entropy(hidden @ weight.T, targets)` without the [N, V] logits.
 
 The eager reference materialises the fp32 logits (the specification). The fused backends walk the
-rows that carry a loss in blocks of `rows_per_block(V)` rows: per block the fp32 logits [rows, V]
-are computed by one matmul, a row-wise kernel turns them in place into the loss and the logit
-gradient `coef * (softmax - onehot)`, and two matmuls turn that into the block's hidden gradient
-and its contribution to the weight gradient. Peak extra memory is one block of logits plus the
-fp32 weight gradient, instead of several [N, V] fp32 tensors.
+rows that carry a loss in blocks of `rows_per_block(V)` rows (the C++ path: twice as many,
+`CPP_BLOCK_ELEMENTS`): per block the fp32 logits [rows, V] are computed by one matmul, a row-wise
+kernel turns them in place into the loss and the logit gradient `coef * (softmax - onehot)`, and two
+matmuls turn that into the block's hidden gradient and its contribution to the weight gradient.
+Peak extra memory is one block of logits plus the fp32 weight gradient, instead of several [N, V]
+fp32 tensors.
 
 For "mean" / "sum" the gradients are computed during the forward (grad_output is a scalar applied
 in backward), so the logits are computed once; for "none" the backward recomputes them.
