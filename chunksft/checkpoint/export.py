@@ -20,7 +20,8 @@ import os
 import sys
 import tempfile
 
-from chunksft.checkpoint.tags import CHECKPOINTS, MARKER, CheckpointError, newest_complete, read_marker, validate_tag
+from chunksft.checkpoint.tags import (CHECKPOINTS, MARKER, CheckpointError, newest_complete, passed_over, read_marker,
+                                      validate_tag)
 
 # The attention the backbone uses outside chunksft (our registered function exists only after
 # `import chunksft.models`).
@@ -93,7 +94,9 @@ def resolve_checkpoint(checkpoint: str, tag: str | None) -> tuple[str, str]:
         if found is None:
             raise CheckpointError(f"--checkpoint {checkpoint}: no complete checkpoint found; pass a run's "
                                   "output_dir or a checkpoints/global_step<N> folder")
-        root, tag = found[0], found[1]
+        root, tag = found.root, found.tag
+        for line in passed_over(found.skipped, tag, "exporting"):
+            print(line, file=sys.stderr)
     problem = validate_tag(os.path.join(root, tag))
     if problem is not None:
         raise CheckpointError(f"--checkpoint {checkpoint} --tag {tag}: {problem}")

@@ -136,6 +136,11 @@ class Found(NamedTuple):
     skipped: tuple[str, ...]
 
 
+def passed_over(skipped: tuple[str, ...], chosen: str, doing: str) -> list[str]:
+    """One warning line per newer tag passed over for `chosen` (`Found.skipped`); doing: e.g. "resuming from"."""
+    return [f"warning: passed over a newer checkpoint, {doing} {chosen} instead: {problem}" for problem in skipped]
+
+
 def newest_complete(resume: str, output_dir: str) -> Optional[Found]:
     """The newest valid checkpoint for `resume` (auto | path): root, native tag, marker, skipped newer tags.
 

@@ -14,8 +14,8 @@ import shutil
 import sys
 from types import SimpleNamespace
 
-from chunksft.checkpoint.tags import (CHECKPOINTS, UNIVERSAL_SUFFIX, CheckpointError, newest_complete, read_marker,
-                                      validate_tag, write_marker)
+from chunksft.checkpoint.tags import (CHECKPOINTS, UNIVERSAL_SUFFIX, CheckpointError, newest_complete, passed_over,
+                                      read_marker, validate_tag, write_marker)
 
 
 def convert_to_universal(tag_dir: str) -> str:
@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
             found = newest_complete(args.checkpoint, args.checkpoint)
             if found is None:
                 raise CheckpointError(f"{args.checkpoint}: no checkpoint to convert")
-            tag_dir = os.path.join(found[0], found[1])
+            for line in passed_over(found.skipped, found.tag, "converting"):
+                print(line, file=sys.stderr)
+            tag_dir = os.path.join(found.root, found.tag)
         out = convert_to_universal(tag_dir)
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)

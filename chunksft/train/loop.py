@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from chunksft.checkpoint.manager import CheckpointManager, check_config_hash, fault_here, find_resume
-from chunksft.checkpoint.tags import CHECKPOINTS, tag_for
+from chunksft.checkpoint.tags import CHECKPOINTS, passed_over, tag_for
 from chunksft.data import ChunkCollator, DataError, StatefulDistributedSampler, build_dataset, debug_view, load_tokenizer
 from chunksft.evaluate import answer_accuracy
 from chunksft.ops.chunk_mask import ChunkMask
@@ -143,8 +143,8 @@ class Trainer:
         # Any failure (also inside the universal conversion) reaches every rank.
         point = on_main(lambda: find_resume(c.resume, self.out_dir, self.dist.world_size, check=check))
         self.data_changed = bool(point) and broadcast_from_main(self.data_changed)
-        for problem in point.skipped if point else ():
-            self.print(f"warning: passed over a newer checkpoint, resuming from {point.tag} instead: {problem}")
+        for line in passed_over(point.skipped, point.tag, "resuming from") if point else ():
+            self.print(line)
         return point
 
     def _load(self, point) -> None:

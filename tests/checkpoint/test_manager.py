@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from chunksft.checkpoint.export import resolve_checkpoint
 from chunksft.checkpoint.manager import CheckpointManager, check_config_hash, find_resume
 from chunksft.checkpoint.tags import CheckpointError, list_tags, newest_complete, validate_tag, write_marker
 from chunksft.train.config import load_config
@@ -50,6 +51,16 @@ def test_passed_over_newer_tags_are_named_with_their_problem(tmp_path):
     assert "global_step6/zero_pp_rank_1_mp_rank_00_model_states.pt: missing" in missing
     make_tag(tmp_path / "clean", 4)
     assert find_resume("auto", str(tmp_path / "clean"), 2).skipped == ()
+
+
+def test_export_names_the_newer_tags_it_passes_over(tmp_path, capsys):
+    make_tag(tmp_path, 3)
+    damaged = make_tag(tmp_path, 6)
+    (damaged / "zero_pp_rank_0_mp_rank_00_model_states.pt").write_bytes(b"not a checkpoint")
+    assert resolve_checkpoint(str(tmp_path), None) == (str(tmp_path / "checkpoints"), "global_step3")
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("warning: passed over a newer checkpoint, exporting global_step3 instead: ")
+    assert "global_step6/zero_pp_rank_0_mp_rank_00_model_states.pt" in line
 
 
 def test_explicit_path_to_a_run_or_a_tag(tmp_path):
