@@ -156,8 +156,8 @@ class _MatmulFlops(TorchDispatchMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         packet = func._overloadpacket
-        formula = flop_registry.get(torch.ops.aten.addmm if packet is torch.ops.aten.addmm_ else packet)
-        if packet in _MATMULS and formula is not None:
+        if packet in _MATMULS:
+            formula = flop_registry[torch.ops.aten.addmm if packet is torch.ops.aten.addmm_ else packet]
             shape = lambda t: t.shape if isinstance(t, torch.Tensor) else t  # noqa: E731
             self.flops += formula(*tree_map(shape, args), **tree_map(shape, kwargs), out_val=tree_map(shape, out))
         return out
@@ -171,24 +171,26 @@ def matmul_flops(fn) -> int:
 
 
 def visible_pairs(provider: str, prompt_lens: torch.Tensor, chunk_masked: torch.Tensor, chunk_size: int = CHUNK) -> int:
-    """(q, k) pairs the provider's backbone attention must compute in one step, rows without padding.
-    Block-causal over a prompt of P and n chunks of C: A(n) = P^2 + nCP + C^2 n(n+1)/2.
-      loop:  one block-causal pass per masked chunk i over P + (i+1)C tokens: A(i+1);
-      eager: full bd3 [x_t; x_0]: 2 A(N) (the noisy stream sees as many pairs as the clean one);
-      fused: compact: A(N) + C (P + (i+1)C) per masked chunk i;  head: 0 (attention within chunks only).
-    tests/benchmarks/test_bench_train_step.py checks these against the masks of chunksft.ops.masks."""
-    def block_causal(p: int, n: int) -> int:
-        return p * p + n * chunk_size * p + chunk_size * chunk_size * n * (n + 1) // 2
+    """(q, k) pairs the provider's backbone attention must compute in one step (rows without padding),
+    counted on the layout masks of chunksft.ops.masks:
+      loop:  one block-causal pass per masked chunk i over the prompt and chunks 0..i;
+      eager: the full bd3 layout [x_t; x_0];   fused: the compact layout;
+      head:  0 (its attention stays within chunks)."""
+    from chunksft.ops.masks import chunk_attention_mask, compact_attention_mask, compact_layout
 
     pairs = 0
-    for p, masked in zip(prompt_lens.tolist(), chunk_masked):
-        n, chunks = masked.numel(), masked.nonzero().flatten().tolist()
+    for row in range(chunk_masked.shape[0]):
+        prompt, masked = prompt_lens[row:row + 1], chunk_masked[row:row + 1]
+        seq_len = int(prompt) + masked.shape[1] * chunk_size
         if provider == "loop":
-            pairs += sum(block_causal(p, i + 1) for i in chunks)
+            pairs += sum(int(chunk_attention_mask(prompt, int(prompt) + (i + 1) * chunk_size, chunk_size=chunk_size,
+                                                  layout="block_causal").sum())
+                         for i in masked[0].nonzero().flatten().tolist())
         elif provider == "eager":
-            pairs += 2 * block_causal(p, n)
+            pairs += int(chunk_attention_mask(prompt, seq_len, chunk_size=chunk_size, layout="bd3").sum())
         elif provider == "fused":
-            pairs += block_causal(p, n) + sum(chunk_size * (p + (i + 1) * chunk_size) for i in chunks)
+            index = compact_layout(masked, prompt, chunk_size).chunk_index
+            pairs += int(compact_attention_mask(prompt, seq_len, index, chunk_size=chunk_size).sum())
     return pairs
 
 

@@ -1,30 +1,30 @@
-"""bench_train_step's FLOP count: the closed-form pair counts of each provider against the masks of
-chunksft.ops.masks (the one definition of each layout), and the matmul counter on a known layer."""
+"""bench_train_step's FLOP count: the pair counts it takes from the layout masks against the closed
+forms of benchmarks/README.md's cost model, and the matmul counter on a known layer."""
 import pytest
 import torch
 
 from benchmarks.bench_train_step import matmul_flops, visible_pairs
-from chunksft.ops.masks import chunk_attention_mask, compact_attention_mask, compact_layout
 
 
 @pytest.mark.parametrize("prompts", [[5, 8], [4, 4]], ids=["prompts_not_chunk_aligned", "aligned"])
-def test_visible_pairs_match_the_layout_masks(prompts):
+def test_visible_pairs_are_the_cost_model_counts(prompts):
+    """Block-causal over a prompt of P and n chunks of C: A(n) = P^2 + nCP + C^2 n(n+1)/2 pairs. The loop
+    sees A(i+1) per masked chunk i; full bd3 2 A(N) (the noisy stream sees as many pairs as the clean
+    one); compact A(N) + C (P + (i+1) C) per masked chunk i."""
     size, chunks = 4, 6
-    prompt_lens = torch.tensor(prompts)
     masked = torch.tensor([[0, 1, 0, 0, 1, 1], [1, 0, 0, 0, 0, 1]], dtype=torch.bool)
-    # Each row on its own: the closed forms assume unpadded rows, whose length is P + N * C.
-    for row in range(len(prompts)):
-        p, m = prompt_lens[row:row + 1], masked[row:row + 1]
-        seq_len = prompts[row] + chunks * size
-        bd3 = chunk_attention_mask(p, seq_len, chunk_size=size, layout="bd3")
-        compact = compact_attention_mask(p, seq_len, compact_layout(m, p, size).chunk_index, chunk_size=size)
-        loop = sum(int(chunk_attention_mask(p, prompts[row] + (i + 1) * size, chunk_size=size,
-                                            layout="block_causal").sum())
-                   for i in m[0].nonzero().flatten().tolist())
-        assert visible_pairs("eager", p, m, size) == int(bd3.sum())
-        assert visible_pairs("fused", p, m, size) == int(compact.sum())
-        assert visible_pairs("loop", p, m, size) == loop
-        assert visible_pairs("head", p, m, size) == 0
+
+    def block_causal(p, n):
+        return p * p + n * size * p + size * size * n * (n + 1) // 2
+
+    expected = {"loop": 0, "eager": 0, "fused": 0, "head": 0}
+    for p, row in zip(prompts, masked):
+        ids = row.nonzero().flatten().tolist()
+        expected["loop"] += sum(block_causal(p, i + 1) for i in ids)
+        expected["eager"] += 2 * block_causal(p, chunks)
+        expected["fused"] += block_causal(p, chunks) + sum(size * (p + (i + 1) * size) for i in ids)
+    for provider, pairs in expected.items():
+        assert visible_pairs(provider, torch.tensor(prompts), masked, size) == pairs, provider
 
 
 def test_matmul_flops_of_a_linear_layer_forward_and_backward():
