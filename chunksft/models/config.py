@@ -68,7 +68,8 @@ class HybridConfig(PreTrainedConfig):
     cost several backbones: 128 for the tiny default, 256 for 1B+ backbones).
     confidence_threshold: inference halting threshold. backend: ops backend (auto|eager|cpp|triton).
     compact_noisy_stream: run the bd3 pass with x_t reduced to its masked chunks (same result, fewer
-    tokens: L + masked*C instead of 2L); False runs the full `[x_t ; x_0]` sequence.
+    tokens: L + masked*C instead of 2L); when only the chunks' states are read (training) the x_0
+    stream also skips the last layer's MLP. False runs the full `[x_t ; x_0]` sequence.
     """
 
     model_type = "chunksft_hybrid"

@@ -96,7 +96,7 @@ def generate_chunks(model, prompt_ids, *, max_length: int, enable_refinement: bo
     cache = DynamicCache(config=model.backbone.config)
     # The prompt (block -1) sees only the prompt: a bidirectional pass over it fills the cache.
     model.backbone_states(ids, ChunkLayout("bidirectional", key_padding=key_valid, backend=cfg.backend),
-                          position_ids=positions, past_key_values=cache, use_cache=True)
+                          position_ids=positions, past_key_values=cache, use_cache=True, read=0)
 
     n_chunks = max(0, math.ceil((max_length - width) / size))
     responses = [[] for _ in prompts]
@@ -120,7 +120,7 @@ def generate_chunks(model, prompt_ids, *, max_length: int, enable_refinement: bo
                 chunk_steps, confidence = trace.steps.float(), torch.sigmoid(trace.confidence[-1])
             chunk = unmask_step(chunk, model.decode(states), mask_id, steps_left=steps_per_chunk - step)
         # Commit: append the finished chunk's keys/values to the cached prefix.
-        model.backbone_states(chunk, layout, position_ids=chunk_pos, past_key_values=cache, use_cache=True)
+        model.backbone_states(chunk, layout, position_ids=chunk_pos, past_key_values=cache, use_cache=True, read=0)
         for row in range(len(prompts)):
             if done[row]:
                 continue

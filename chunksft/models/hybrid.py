@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.initialization import no_init_weights
@@ -192,16 +193,29 @@ class HybridModel(PreTrainedModel):
         return self.lm_head(self.final_norm(states))
 
     def backbone_states(self, input_ids: torch.Tensor, layout: ChunkLayout, position_ids: torch.Tensor | None = None,
-                        past_key_values=None, use_cache: bool = False) -> torch.Tensor:
-        """Pre-norm last-layer hidden states [B, S, H] of one backbone pass under `layout`."""
+                        past_key_values=None, use_cache: bool = False, read: int | None = None) -> torch.Tensor:
+        """Pre-norm last-layer hidden states [B, S, H] of one backbone pass under `layout`.
+
+        read: the caller reads only the first `read` positions (0: none, a pass that fills the cache);
+        the result is then [B, read, H] and the last layer's MLP, which is position-wise and feeds
+        nothing but the output, runs on those positions alone. Their values are the same.
+        """
+        decoder = self.backbone.get_decoder()
+        total = input_ids.shape[1]
         captured = []
-        hook = self.final_norm.register_forward_hook(lambda mod, args, out: captured.append(args[0]))
+        hooks = [self.final_norm.register_forward_hook(lambda mod, args, out: captured.append(args[0]))]
+        last_mlp = getattr(decoder.layers[-1], "mlp", None) if read is not None and read < total else None
+        if last_mlp is not None:
+            # The layer adds the MLP's output to its residual stream, so the skipped positions get 0.
+            hooks += [last_mlp.register_forward_pre_hook(lambda mod, args: (args[0][:, :read], *args[1:])),
+                      last_mlp.register_forward_hook(lambda mod, args, out: F.pad(out, (0, 0, 0, total - read)))]
         try:
-            self.backbone.get_decoder()(inputs_embeds=self._embed(input_ids), position_ids=position_ids,
-                                        past_key_values=past_key_values, use_cache=use_cache, chunk_layout=layout)
+            decoder(inputs_embeds=self._embed(input_ids), position_ids=position_ids, past_key_values=past_key_values,
+                    use_cache=use_cache, chunk_layout=layout)
         finally:
-            hook.remove()
-        return captured[0]
+            for hook in hooks:
+                hook.remove()
+        return captured[0] if read is None else captured[0][:, :read]
 
     def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         embeds = self.backbone.get_input_embeddings()(input_ids)
@@ -273,11 +287,12 @@ class HybridModel(PreTrainedModel):
             raise ValueError(f'{mode} trains under the "bd3" layout, got attention_layout={attention_layout!r}')
 
     def _one_pass(self, input_ids: torch.Tensor, drawn: ChunkMask, compact: CompactLayout, attention_mask,
-                  prompt_lens):
+                  prompt_lens, stream: bool):
         """The one backbone pass over `[x_t ; x_0]` (bd3 layout) for a chunk draw and its compact layout.
 
-        Returns (x_t-stream states [B, L, H], selected-chunk states [M, C, H], rows [M, C] and token
-        positions [M, C] of the selected chunks, their (row, chunk) index [M, 2], row-major).
+        Returns (x_t-stream states [B, L, H], None without `stream` on the compact pass, which does not
+        compute them; selected-chunk states [M, C, H], rows [M, C] and token positions [M, C] of the
+        selected chunks, their (row, chunk) index [M, 2], row-major).
         """
         cfg = self.config
         batch, seq_len = input_ids.shape
@@ -287,7 +302,7 @@ class HybridModel(PreTrainedModel):
         rows = index[:, :1].expand_as(token_pos)
         if cfg.compact_noisy_stream:
             noisy_states, chunk_states = self._compact_pass(input_ids, drawn, compact, attention_mask, prompt_lens,
-                                                            rows, token_pos)
+                                                            rows, token_pos, stream)
         else:
             # [x_t ; x_0] in full: both streams share position ids.
             positions = torch.arange(seq_len, device=input_ids.device).repeat(2)[None].expand(batch, -1)
@@ -306,7 +321,7 @@ class HybridModel(PreTrainedModel):
                                     backend=cfg.backend, attention_mask=attention_mask, chunk_masked=chunk_masked,
                                     return_layout=True)
         noisy_states, chunk_states, rows, token_pos, index = self._one_pass(input_ids, drawn, compact, attention_mask,
-                                                                            prompt_lens)
+                                                                            prompt_lens, stream=return_logits)
         targets = input_ids[rows, token_pos]
         loss, metrics, final_states, final_pred, final_chunk_ce = self.supervise(chunk_states, targets, refine)
         metrics["masked_chunks"] = torch.tensor(float(index.shape[0]))
@@ -359,7 +374,7 @@ class HybridModel(PreTrainedModel):
                                     attention_mask=attention_mask, token_rate=(cfg.bd3_t_min, cfg.bd3_t_max),
                                     return_layout=True)
         noisy_states, chunk_states, rows, token_pos, index = self._one_pass(input_ids, drawn, compact, attention_mask,
-                                                                            prompt_lens)
+                                                                            prompt_lens, stream=return_logits)
         masked = drawn.labels[rows, token_pos] != IGNORE_INDEX                 # [M, C]
         rate = drawn.chunk_rate[index[:, 0], index[:, 1]][:, None].expand_as(masked)
         response_tokens = drawn.chunk_masked.sum(dim=1) * cfg.chunk_size  # mask_prob=1 selects every whole chunk
@@ -374,12 +389,15 @@ class HybridModel(PreTrainedModel):
                             labels=drawn.labels, chunk_masked=drawn.chunk_masked, chunk_index=index)
 
     def _compact_pass(self, input_ids, drawn: ChunkMask, compact: CompactLayout, attention_mask, prompt_lens, rows,
-                      token_pos):
+                      token_pos, stream: bool):
         """The bd3 pass with x_t reduced to its selected chunks: `[selected chunks of x_t ; x_0]`.
 
         Every x_t position outside a selected chunk holds its clean token and sees the same keys as
         its x_0 twin, so its output equals the clean stream's: only selected chunks need computing.
-        Returns (x_t-stream states [B, L, H], selected-chunk states [M, C, H] in `chunk_masked.nonzero()` order).
+        Without `stream` only the selected chunks' outputs are read, so the x_0 positions skip the
+        last layer's MLP (`backbone_states(read=...)`): x_0 is needed there only as keys and values.
+        Returns (x_t-stream states [B, L, H] if `stream` else None, selected-chunk states [M, C, H] in
+        `chunk_masked.nonzero()` order).
         """
         cfg = self.config
         real = compact.real  # [B, NM]
@@ -390,9 +408,12 @@ class HybridModel(PreTrainedModel):
                                torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)], dim=1)
         layout = self._layout("compact", attention_mask, prompt_lens)
         layout.chunk_index = compact.chunk_index
-        states = self.backbone_states(torch.cat([slot_ids, input_ids], dim=1), layout, position_ids=positions)
         n_slots = slot_ids.shape[1]
+        states = self.backbone_states(torch.cat([slot_ids, input_ids], dim=1), layout, position_ids=positions,
+                                      read=None if stream else n_slots)
         chunk_states = states[:, :n_slots].unflatten(1, (-1, cfg.chunk_size))[real]  # [M, C, H]
+        if not stream:
+            return None, chunk_states
         return states[:, n_slots:].index_put((rows, token_pos), chunk_states), chunk_states
 
     # ------------------------------------------------------------------ inference

@@ -90,15 +90,17 @@ def test_stepwise_equals_one_graph_on_the_same_chunk_states(case):
         assert_close_to_reference(f"grad {name}", got[name], baseline[name], reference[name])
 
 
-@pytest.mark.parametrize("compact", [True, False], ids=["compact", "full_bd3"])
-def test_model_gradient_equals_the_per_chunk_loop(compact):
+@pytest.mark.parametrize("compact, return_logits", [(True, True), (True, False), (False, True)],
+                         ids=["compact", "compact_chunk_states_only", "full_bd3"])
+def test_model_gradient_equals_the_per_chunk_loop(compact, return_logits):
     """Through the whole model with a trained backbone: the one pass + step-by-step supervision gives
-    every parameter the gradient of the per-chunk loop, which runs the head as one graph."""
+    every parameter the gradient of the per-chunk loop, which runs the head as one graph. Without
+    logits (as in training) the compact pass skips the x_0 stream's last MLP: same gradients."""
     model = make_model(freeze_backbone=False, compact_noisy_stream=compact)
     ids, mask, prompts = batch([7, 21], [3, 2])  # prompts not chunk-aligned, row 1 padded
     chunk_masked = torch.tensor([[1, 0, 1], [1, 1, 0]], dtype=torch.bool)
-    model(ids, attention_mask=mask, prompt_lens=prompts, training_mode="chunk_sft",
-          chunk_masked=chunk_masked).loss.backward()
+    model(ids, attention_mask=mask, prompt_lens=prompts, training_mode="chunk_sft", chunk_masked=chunk_masked,
+          return_logits=return_logits).loss.backward()
     got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from chunksft.models import HybridConfig, HybridModel
+from chunksft.models import ChunkLayout, HybridConfig, HybridModel
+from chunksft.models.config import TINY_BACKBONE
 from chunksft.models.per_chunk_loop import loop_loss, per_chunk_loop
 from chunksft.objectives.chunk_sft import chunk_sft_loss
 from tests.models.inputs import C, batch
@@ -123,3 +124,24 @@ def test_frozen_backbone_is_bitwise_unchanged_and_halting_trains():
         assert torch.equal(v, before[k]), k
     assert any(not torch.equal(v, head_before[k]) for k, v in model.head.state_dict().items())
     assert all(not p.requires_grad for p in model.backbone.parameters())
+
+
+@pytest.mark.parametrize("family", ["qwen3", "llama"])
+def test_reading_a_prefix_runs_the_last_mlp_on_it_alone(family):
+    """backbone_states(read=n), which the training pass uses for the compacted chunks: the last layer's
+    MLP sees only the n read positions, and they keep the full pass's values."""
+    torch.manual_seed(0)
+    model = HybridModel(HybridConfig(backbone=dict(TINY_BACKBONE, model_type=family))).eval()
+    ids, mask, prompts = batch([7, 21], [3, 2])
+    layout = ChunkLayout("block_causal", prompt_lens=prompts, chunk_size=C, seq_lens=mask.sum(1))
+    read = 29  # not a chunk boundary
+    seen = []
+    with torch.no_grad():
+        reference = copy.deepcopy(model).double().backbone_states(ids, layout)
+        last_mlp = model.backbone.get_decoder().layers[-1].mlp
+        last_mlp.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape))
+        full = model.backbone_states(ids, layout)
+        part = model.backbone_states(ids, layout, read=read)
+    assert [shape[1] for shape in seen] == [ids.shape[1], read]
+    assert part.shape == (2, read, full.shape[-1])
+    assert_close_to_reference("read prefix", part, full[:, :read], reference[:, :read])
