@@ -32,10 +32,12 @@ class Backbone:
     intermediate: int
     vocab: int           # V
 
+    def mlp_params(self) -> int:
+        return 3 * self.hidden * self.intermediate  # gated MLP: gate, up, down
+
     def matmul_params_per_layer(self) -> int:
         q_out, kv_out = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        attention = self.hidden * (2 * q_out + 2 * kv_out)       # q, o and k, v projections
-        return attention + 3 * self.hidden * self.intermediate   # gated MLP: gate, up, down
+        return self.hidden * (2 * q_out + 2 * kv_out) + self.mlp_params()  # q, o and k, v projections + MLP
 
     def forward_per_token(self, keys: float) -> float:
         """Forward FLOPs of one token through every layer, seeing `keys` keys on average."""
@@ -69,9 +71,11 @@ def step_cost(bb: Backbone, r: Recipe) -> dict[str, float]:
     """FLOPs per response token of one training step (forward + backward), split by term."""
     length = r.prompt + r.response
     masked = r.mask_probability * r.response                 # masked tokens per row
-    # Compact one-pass layout: the clean stream (L tokens, ~L/2 keys each under block causality)
-    # plus the masked chunks of the noisy stream (each sees its prefix, ~prompt + response/2 keys).
-    backbone_fwd = length * bb.forward_per_token(length / 2) + masked * bb.forward_per_token(r.prompt + r.response / 2)
+    # Compact one-pass layout: the clean stream (L tokens, ~L/2 keys each under block causality,
+    # without the last layer's MLP, whose outputs there are never read) plus the masked chunks of the
+    # noisy stream (each sees its prefix, ~prompt + response/2 keys).
+    clean = length * (bb.forward_per_token(length / 2) - 2 * bb.mlp_params())
+    backbone_fwd = clean + masked * bb.forward_per_token(r.prompt + r.response / 2)
     backbone = backbone_fwd * (1 if r.freeze_backbone else 3)
     d, h = r.head_dim, bb.hidden
     core = 24 * d * d + 4 * r.chunk * d                      # one core block call per token
