@@ -198,13 +198,16 @@ class HybridModel(PreTrainedModel):
 
         read: the caller reads only the first `read` positions (0: none, a pass that fills the cache);
         the result is then [B, read, H] and the last layer's MLP, which is position-wise and feeds
-        nothing but the output, runs on those positions alone. Their values are the same.
+        nothing but the output, runs on those positions alone. Their values are the same. (Not under
+        activation checkpointing of the layer: its recomputation in backward runs without the hooks.)
         """
         decoder = self.backbone.get_decoder()
         total = input_ids.shape[1]
         captured = []
         hooks = [self.final_norm.register_forward_hook(lambda mod, args, out: captured.append(args[0]))]
-        last_mlp = getattr(decoder.layers[-1], "mlp", None) if read is not None and read < total else None
+        last = decoder.layers[-1]
+        recomputed = getattr(last, "gradient_checkpointing", False) and last.training and torch.is_grad_enabled()
+        last_mlp = getattr(last, "mlp", None) if read is not None and read < total and not recomputed else None
         if last_mlp is not None:
             # The layer adds the MLP's output to its residual stream, so the skipped positions get 0.
             hooks += [last_mlp.register_forward_pre_hook(lambda mod, args: (args[0][:, :read], *args[1:])),

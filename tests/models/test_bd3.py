@@ -18,10 +18,10 @@ def model(request):
     return HybridModel(HybridConfig(freeze_backbone=False, compact_noisy_stream=request.param)).eval()
 
 
-def bd3(model, ids, mask, prompts, seed=3):
+def bd3(model, ids, mask, prompts, seed=3, return_logits=True):
     with torch.no_grad():
         return model(ids, attention_mask=mask, prompt_lens=prompts, training_mode="bd3",
-                     generator=torch.Generator().manual_seed(seed))
+                     generator=torch.Generator().manual_seed(seed), return_logits=return_logits)
 
 
 def test_masks_tokens_inside_every_response_chunk(model):
@@ -67,6 +67,11 @@ def test_one_pass_equals_per_chunk_loop_and_loss_formula(model):
         return block_diffusion_loss(full, ids, masked, rate.to(logits.dtype), response)
 
     assert_close_to_reference("bd3 loss", out.loss, formula(loop_logits[0]), formula(loop64_logits[0]))
+    # The training call reads only the chunks' states (the compact pass then skips x_0's last MLP).
+    training = bd3(model, ids, mask, prompts, return_logits=False)
+    assert training.logits is None
+    assert_close_to_reference("bd3 loss without logits", training.loss, formula(loop_logits[0]),
+                              formula(loop64_logits[0]))
 
 
 def drawn_rate(model, ids, mask, prompts, seed=3):

@@ -145,3 +145,21 @@ def test_reading_a_prefix_runs_the_last_mlp_on_it_alone(family):
     assert [shape[1] for shape in seen] == [ids.shape[1], read]
     assert part.shape == (2, read, full.shape[-1])
     assert_close_to_reference("read prefix", part, full[:, :read], reference[:, :read])
+
+
+def test_activation_checkpointing_keeps_the_full_last_mlp():
+    """A backbone under gradient checkpointing recomputes its last layer in backward, where the
+    pruning hooks are gone: the training pass then keeps the full last MLP, and trains."""
+    torch.manual_seed(0)
+    model = HybridModel(HybridConfig(freeze_backbone=False)).train()
+    model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    ids, mask, prompts = batch([7, 21], [3, 2])
+    chunk_masked = torch.tensor([[1, 0, 1], [1, 1, 0]], dtype=torch.bool)
+    last_mlp = model.backbone.get_decoder().layers[-1].mlp
+    seen = []
+    last_mlp.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[1]))
+    model(ids, attention_mask=mask, prompt_lens=prompts, training_mode="chunk_sft", chunk_masked=chunk_masked,
+          return_logits=False).loss.backward()
+    total = ids.shape[1] + int(chunk_masked.sum(1).max()) * C  # [compacted chunks ; x_0]
+    assert seen[0] == total  # (the recomputation stops once it has what backward needs)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in last_mlp.parameters())
