@@ -206,8 +206,8 @@ class HybridModel(PreTrainedModel):
         captured = []
         hooks = [self.final_norm.register_forward_hook(lambda mod, args, out: captured.append(args[0]))]
         last = decoder.layers[-1]
-        recomputed = getattr(last, "gradient_checkpointing", False) and last.training and torch.is_grad_enabled()
-        last_mlp = getattr(last, "mlp", None) if read is not None and read < total and not recomputed else None
+        checkpointed = getattr(last, "gradient_checkpointing", False) and last.training and torch.is_grad_enabled()
+        last_mlp = getattr(last, "mlp", None) if read is not None and read < total and not checkpointed else None
         if last_mlp is not None:
             # The layer adds the MLP's output to its residual stream, so the skipped positions get 0.
             hooks += [last_mlp.register_forward_pre_hook(lambda mod, args: (args[0][:, :read], *args[1:])),

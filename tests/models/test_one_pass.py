@@ -1,5 +1,7 @@
-"""One-pass bd3 chunk_sft == the per-chunk loop; causality of the chunk layout; frozen backbone."""
+"""One-pass bd3 chunk_sft == the per-chunk loop; causality of the chunk layout; frozen backbone; the
+last MLP on the read positions only."""
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -136,8 +138,8 @@ def test_reading_a_prefix_runs_the_last_mlp_on_it_alone(family):
     layout = ChunkLayout("block_causal", prompt_lens=prompts, chunk_size=C, seq_lens=mask.sum(1))
     read = 29  # not a chunk boundary
     seen = []
-    with torch.no_grad():
-        reference = copy.deepcopy(model).double().backbone_states(ids, layout)
+    with torch.no_grad():  # the reference: fp64 and eager attention (the C++ kernels compute in fp32)
+        reference = copy.deepcopy(model).double().backbone_states(ids, dataclasses.replace(layout, backend="eager"))
         last_mlp = model.backbone.get_decoder().layers[-1].mlp
         last_mlp.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape))
         full = model.backbone_states(ids, layout)
