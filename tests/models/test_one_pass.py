@@ -150,11 +150,11 @@ def test_reading_a_prefix_runs_the_last_mlp_on_it_alone(family):
 
 
 def test_activation_checkpointing_keeps_the_full_last_mlp():
-    """A backbone under gradient checkpointing recomputes its last layer in backward, where the
+    """A backbone under activation checkpointing recomputes its last layer in backward, where the
     pruning hooks are gone: the training pass then keeps the full last MLP, and trains."""
     torch.manual_seed(0)
     model = HybridModel(HybridConfig(freeze_backbone=False)).train()
-    model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.backbone.activation_checkpointing_enable()
     ids, mask, prompts = batch([7, 21], [3, 2])
     chunk_masked = torch.tensor([[1, 0, 1], [1, 1, 0]], dtype=torch.bool)
     last_mlp = model.backbone.get_decoder().layers[-1].mlp
