@@ -198,8 +198,9 @@ class HybridModel(PreTrainedModel):
 
         read: the caller reads only the first `read` positions (0: none, a pass that fills the cache);
         the result is then [B, read, H] and the last layer's MLP, which is position-wise and feeds
-        nothing but the output, runs on those positions alone. Their values are the same. (Not under
-        activation checkpointing of the layer: its recomputation in backward runs without the hooks.)
+        nothing but the output, runs on those positions alone. Their values are the same up to rounding
+        (a matmul over fewer rows). Not under activation checkpointing of the layer: its recomputation
+        in backward runs without the hooks.
         """
         decoder = self.backbone.get_decoder()
         total = input_ids.shape[1]
