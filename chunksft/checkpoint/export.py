@@ -94,9 +94,9 @@ def resolve_checkpoint(checkpoint: str, tag: str | None) -> tuple[str, str]:
         if found is None:
             raise CheckpointError(f"--checkpoint {checkpoint}: no complete checkpoint found; pass a run's "
                                   "output_dir or a checkpoints/global_step<N> folder")
-        root, tag = found.root, found.tag
-        for line in passed_over(found.skipped, tag, "exporting"):
+        for line in passed_over(found.skipped, found.tag, "exporting"):
             print(line, file=sys.stderr)
+        return found.root, found.tag  # newest_complete validated it
     problem = validate_tag(os.path.join(root, tag))
     if problem is not None:
         raise CheckpointError(f"--checkpoint {checkpoint} --tag {tag}: {problem}")

@@ -20,7 +20,7 @@ import random
 import shutil
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -92,7 +92,7 @@ def find_resume(resume: str, output_dir: str, world_size: int,
     if found.marker["world_size"] == world_size:
         return point
     universal_dir = convert_to_universal(os.path.join(found.root, found.tag))
-    return ResumePoint(found.root, os.path.basename(universal_dir), found.marker, universal=True, skipped=found.skipped)
+    return replace(point, tag=os.path.basename(universal_dir), universal=True)
 
 
 def check_config_hash(point: ResumePoint, config_hash: str, config: dict, allow_mismatch: bool) -> Optional[str]:
