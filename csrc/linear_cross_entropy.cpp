@@ -28,17 +28,23 @@ float cross_entropy_row(float* x, int64_t V, int64_t target, bool grad, float co
   int64_t arg = 0;
   while (arg < V - 1 && x[arg] != mx) ++arg;
   *argmax = arg;
+  const float gap = mx - x[target];  // ce = logsumexp - x[target] = gap + log(sum of exp(x - mx))
   float sum = 0.0f;
+  if (grad) {  // keep each exp in place: the gradient below rescales them instead of recomputing them
 #pragma omp simd reduction(+ : sum)
-  for (int64_t j = 0; j < V; ++j) sum += exp_approx(x[j] - mx);
-  const float lse = mx + std::log(sum);
-  const float ce = lse - x[target];
-  if (grad) {
+    for (int64_t j = 0; j < V; ++j) {
+      x[j] = exp_approx(x[j] - mx);
+      sum += x[j];
+    }
+    const float scale = coef / sum;
 #pragma omp simd
-    for (int64_t j = 0; j < V; ++j) x[j] = coef * exp_approx(x[j] - lse);
+    for (int64_t j = 0; j < V; ++j) x[j] *= scale;
     x[target] -= coef;
+  } else {
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < V; ++j) sum += exp_approx(x[j] - mx);
   }
-  return ce;
+  return gap + std::log(sum);
 }
 
 }  // namespace
