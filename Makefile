@@ -32,6 +32,7 @@ bench: data
 	$(BIN)/python -m benchmarks.bench_chunk_mask
 	$(BIN)/python -m benchmarks.bench_chunk_attention --reps 2
 	$(BIN)/python -m benchmarks.bench_linear_cross_entropy
+	$(BIN)/python -m benchmarks.bench_rms_norm
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.bench_train_step --zero3-steps 12
 	$(BIN)/python -m benchmarks.bench_head_memory
 	$(BIN)/python -m benchmarks.harness --summary

@@ -25,6 +25,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_mask_counter(
     const at::Tensor& input_ids, const at::Tensor& prompt_lens, const at::Tensor& seq_lens, int64_t key,
     int64_t threshold, int64_t lo, int64_t hi, int64_t mask_id, int64_t chunk_size);
+std::tuple<at::Tensor, at::Tensor> rms_norm_forward(const at::Tensor& x, const at::Tensor& weight, double eps);
+std::tuple<at::Tensor, at::Tensor> rms_norm_backward(const at::Tensor& grad_y, const at::Tensor& x,
+                                                     const at::Tensor& weight, const at::Tensor& rstd);
 
 // How many of torch's intra-op threads one at::parallel_for of this build runs on. parallel_for is a
 // header template: compiled without OpenMP it runs its whole range on the calling thread, and so
@@ -50,4 +53,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("chunk_mask_counter", &chunksft::chunk_mask_counter,
         "(input_ids, prompt_lens, seq_lens, key, threshold, lo, hi, mask_id, C) -> (ids, labels, chunk_masked, "
         "chunk_index, positions, chunk_rate)");
+  m.def("rms_norm_forward", &chunksft::rms_norm_forward, "(x [R, D], weight [D], eps) -> (y, rstd [R])");
+  m.def("rms_norm_backward", &chunksft::rms_norm_backward, "(grad_y, x, weight, rstd) -> (grad_x, grad_weight)");
 }

@@ -17,7 +17,8 @@ the same either way.
 
 The submodules hold the parameters (their state-dict keys are the stock `nn.Linear` / `nn.RMSNorm`
 layout) but are never called through their hooks: the head computes with their weights functionally
-(`_linear`, `_norm`, `CoreBlock.forward`).
+(`_linear`, `_norm`, `CoreBlock.forward`). The norms run `chunksft.ops.rms_norm` on the model's ops
+backend (on CPU the C++ kernel: autograd's own RMSNorm backward is ~10 small ops per norm).
 Under ZeRO-3 the engine registers every head parameter on the head itself
 (`HybridModel.zero3_gathered_parameters`), so one fetch per head forward gathers them all, instead of
 one hooked fetch per Linear and norm, and no ZeRO-3 module hook fires inside the step-by-step backward
@@ -32,24 +33,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from chunksft.hyperparameters import GRADIENTS
+from chunksft.ops.rms_norm import rms_norm
 
 
 def _linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, layer.weight, layer.bias)
 
 
-def _norm(norm: nn.RMSNorm, x: torch.Tensor) -> torch.Tensor:
-    return F.rms_norm(x, norm.normalized_shape, norm.weight, norm.eps)
+def _norm(norm: nn.RMSNorm, x: torch.Tensor, backend: str) -> torch.Tensor:
+    return rms_norm(x, norm.weight, norm.eps, backend)
 
 
 class CoreBlock(nn.Module):
     """Pre-norm transformer block over the C tokens of one chunk (bidirectional within the chunk)."""
 
-    def __init__(self, dim: int, num_heads: int):
+    def __init__(self, dim: int, num_heads: int, backend: str = "auto"):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"head_hidden_size {dim} must be divisible by head_num_heads {num_heads}")
-        self.num_heads = num_heads
+        self.num_heads, self.backend = num_heads, backend
         self.attn_norm = nn.RMSNorm(dim, eps=1e-6)
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.attn_out = nn.Linear(dim, dim, bias=False)
@@ -60,11 +62,11 @@ class CoreBlock(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """h: [M, C, d] -> [M, C, d]"""
         m, c, d = h.shape
-        qkv = _linear(self.qkv, _norm(self.attn_norm, h))
+        qkv = _linear(self.qkv, _norm(self.attn_norm, h, self.backend))
         q, k, v = qkv.view(m, c, 3, self.num_heads, d // self.num_heads).unbind(2)
         a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         h = h + _linear(self.attn_out, a.transpose(1, 2).reshape(m, c, d))
-        return h + _linear(self.mlp_out, F.gelu(_linear(self.mlp_in, _norm(self.mlp_norm, h))))
+        return h + _linear(self.mlp_out, F.gelu(_linear(self.mlp_in, _norm(self.mlp_norm, h, self.backend))))
 
 
 class RefinementTrace(NamedTuple):
@@ -74,18 +76,19 @@ class RefinementTrace(NamedTuple):
 
 
 class RefinementHead(nn.Module):
-    """hidden_size: backbone width H; dim: head width d; chunk_size: C; gradient: "full" | "last"."""
+    """hidden_size: backbone width H; dim: head width d; chunk_size: C; gradient: "full" | "last";
+    backend: the ops backend of its norms (`chunksft.ops.rms_norm`)."""
 
     def __init__(self, hidden_size: int, dim: int, num_heads: int, chunk_size: int, latent_steps: int,
-                 gradient: str = "last"):
+                 gradient: str = "last", backend: str = "auto"):
         super().__init__()
         if gradient not in GRADIENTS:
             raise ValueError(f"head gradient must be one of {', '.join(GRADIENTS)}, got {gradient!r}")
-        self.latent_steps, self.gradient = latent_steps, gradient
+        self.latent_steps, self.gradient, self.backend = latent_steps, gradient, backend
         self.x_in = nn.Linear(hidden_size, dim, bias=False)
         self.y_in = nn.Linear(hidden_size, dim, bias=False)
         self.z_init = nn.Parameter(torch.empty(chunk_size, dim))
-        self.core = CoreBlock(dim, num_heads)
+        self.core = CoreBlock(dim, num_heads, backend)
         self.out_norm = nn.RMSNorm(dim, eps=1e-6)
         self.delta = nn.Linear(dim, hidden_size, bias=False)
         self.halt = nn.Linear(dim, 1)
@@ -116,7 +119,7 @@ class RefinementHead(nn.Module):
                 z = self.core.forward(z + x_proj + y_proj)
         for _ in range(self.latent_steps - free):
             z = self.core.forward(z + x_proj + y_proj)
-        update = _norm(self.out_norm, self.core.forward(z + y_proj))
+        update = _norm(self.out_norm, self.core.forward(z + y_proj), self.backend)
         y = y + _linear(self.delta, update)
         return y, z, _linear(self.halt, update.mean(dim=1)).squeeze(-1).float()
 

@@ -108,7 +108,7 @@ class HybridModel(PreTrainedModel):
         self.backbone = backbone
         hidden = backbone.config.hidden_size
         self.head = RefinementHead(hidden, config.head_hidden_size, config.head_num_heads, config.chunk_size,
-                                   config.latent_steps, config.head_gradient)
+                                   config.latent_steps, config.head_gradient, config.backend)
         self.lm_loss = LMHeadLoss(config.backend)
         self.stepwise_chunk_sft = StepwiseChunkSFT()
         if config.train_mask_embedding:
