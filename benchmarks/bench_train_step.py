@@ -25,7 +25,7 @@ rank), eager (full [x_t; x_0] with SDPA + dense mask) vs fused (auto backend + c
 step time is the median difference of metrics.jsonl's `time` over the steps after the first two.
 The optimizer step (DeepSpeed ZeRO-3 AdamW) is included there.
 
-    python -m benchmarks.bench_train_step                 # both parts, CPU default sizes (~25 min)
+    python -m benchmarks.bench_train_step                 # both parts, CPU default sizes (single part ~12 min)
     python -m benchmarks.bench_train_step --part single --full      # all lengths 256..2048, more reps
     python -m benchmarks.bench_train_step --part single --profile   # torch.profiler of the anchor steps
     python -m benchmarks.bench_train_step --part zero3 --zero3-steps 8
